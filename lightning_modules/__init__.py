@@ -1,0 +1,5 @@
+"""LightningModules, one per file."""
+
+from lightning_modules.ddpm import DDPMModule
+
+__all__ = ["DDPMModule"]
