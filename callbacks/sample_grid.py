@@ -39,7 +39,7 @@ class SampleGrid(Callback):
 
     Args:
         num_samples: images per grid.
-        every_n_epochs: draw every n validation epochs.
+        every_n_epochs: draw after epochs n, 2n, ... (counted like ``check_val_every_n_epoch``).
         sampler: ``ddim`` or ``ddpm``.
         steps: denoising steps.
         eta: DDIM η.
@@ -72,7 +72,7 @@ class SampleGrid(Callback):
     ) -> None:
         if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking:
             return
-        if trainer.current_epoch % self.every_n_epochs:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:  # same counting as check_val_every_n_epoch
             return
         self._draw(trainer, pl_module)
 

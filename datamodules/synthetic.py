@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ def make_synthetic_images(n: int, size: int, num_classes: int, seed: int) -> tup
 
 
 class SyntheticDataModule(ImageDataModule):
-    """Drop-in replacement for MNISTDataModule in tests: same arguments plus ``num_samples``.
+    """Drop-in replacement for MNISTDataModule in tests: the same arguments plus these.
 
     Args:
         num_samples: size of the synthetic training split (the test split has a quarter as many).
@@ -37,21 +38,8 @@ class SyntheticDataModule(ImageDataModule):
 
     name = "synthetic"
 
-    def __init__(
-        self,
-        data_dir: str = "data",
-        image_size: int = 32,
-        value_range: tuple[float, float] = (0.0, 1.0),
-        val_fraction: float = 0.1,
-        batch_size: int = 64,
-        num_workers: int = 0,
-        split_seed: int = 0,
-        num_predict_samples: int = 64,
-        num_samples: int = 256,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(data_dir, image_size, value_range, val_fraction, batch_size, num_workers, split_seed,
-                         num_predict_samples)
+    def __init__(self, num_samples: int = 256, seed: int = 0, num_workers: int = 0, **kwargs: Any) -> None:
+        super().__init__(num_workers=num_workers, **kwargs)
         self.num_samples = num_samples
         self.seed = seed
 

@@ -13,7 +13,7 @@ Eq. 12, with η and step spacing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -189,6 +189,8 @@ class SamplingConfig:
         variance: DDPM σ² choice, ``beta`` or ``beta_tilde``.
         guidance_scale: classifier-free guidance weight w (0 = plain conditional model).
         seed: base seed; sample i uses seed + i, independent of batch size and DDP sharding.
+        labels: classes to draw for class-conditional models, cycled over the samples (sample i gets
+            labels[i % len(labels)]); null uses the data module's labels (i mod num_classes).
     """
 
     sampler: str = "ddim"
@@ -198,3 +200,4 @@ class SamplingConfig:
     variance: Variance = "beta_tilde"
     guidance_scale: float = 0.0
     seed: int = 0
+    labels: Optional[list[int]] = None

@@ -108,23 +108,24 @@ class DDPMModule(LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, y = self._unpack(batch)
         loss = self.diffusion_loss(x0, y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"Training loss is {loss.item()} at global step {self.global_step} (epoch {self.current_epoch}). "
-                "The run was stopped before the update; the last checkpoint on disk is from before this step. "
-                "Try a lower learning rate (--model.optimizer.init_args.lr), gradient clipping "
-                "(--trainer.gradient_clip_val 1.0), or a learning-rate warm-up (--model.warmup_steps)."
-            )
+        self._last_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        for p in self.parameters():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NonFiniteLossError(
-                    f"Non-finite gradient at global step {self.global_step}; stopped before the update. "
-                    "Lower the learning rate or enable --trainer.gradient_clip_val."
-                )
+        """Stop before an update with a non-finite loss or gradient: one fused norm, one host sync per step."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+        if not torch.isfinite(norm):
+            loss = float(getattr(self, "_last_loss", torch.tensor(float("nan"))))
+            raise NonFiniteLossError(
+                f"Training loss is {loss} (gradient norm {float(norm)}) at global step {self.global_step} "
+                f"(epoch {self.current_epoch}). The run was stopped before the update; the last checkpoint on disk "
+                "is from before this step. Try a lower learning rate (--model.init_args.optimizer.init_args.lr), "
+                "gradient clipping (--trainer.gradient_clip_val 1.0) or a warm-up (--model.init_args.warmup_steps)."
+            )
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, y = self._unpack(batch)
@@ -212,6 +213,9 @@ class DDPMModule(LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         indices, labels = batch
+        if self.sampling.labels:
+            chosen = torch.tensor(self.sampling.labels, device=indices.device)
+            labels = chosen[indices % len(chosen)]
         samples = self.sample_with_config(self.sampling, indices, labels)
         return {"samples": samples.cpu(), "index": indices.cpu(), "labels": labels.cpu()}
 

@@ -9,7 +9,7 @@ Optional ``cond_channels`` adds seed 002's DiffuseVAE fusion (1×1 convs at inpu
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -220,24 +220,20 @@ class UNet(nn.Module):
 
 
 class TinyUNet(UNet):
-    """A small preset for CPU runs and tests: two levels, attention only at the lowest resolution."""
+    """A small preset for CPU runs and tests: two levels, attention only at the lowest resolution.
+
+    Takes every ``UNet`` argument; only these defaults differ.
+    """
 
     def __init__(
         self,
-        in_channels: int = 1,
         channels: Sequence[int] = (16, 32, 64),
-        down_sample: Sequence[bool] | None = None,
-        attention: Sequence[bool] | None = None,
         num_layers: int = 1,
         num_heads: int = 2,
         t_emb_dim: int = 64,
-        num_classes: int = 0,
-        dropout: float = 0.0,
-        groups: int = 8,
-        cond_channels: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(in_channels, channels, down_sample, attention, num_layers, num_heads, t_emb_dim,
-                         num_classes, dropout, groups, cond_channels)
+        super().__init__(channels=channels, num_layers=num_layers, num_heads=num_heads, t_emb_dim=t_emb_dim, **kwargs)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

@@ -83,7 +83,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint():
     cli_main(["fit", "--config", str(TINY), "--trainer.max_epochs", "1"])
     last = Path("run/checkpoints/last.ckpt")
     digest = hashlib.sha256(last.read_bytes()).hexdigest()
-    with pytest.raises(NonFiniteLossError, match="Training loss is nan at global step 4"):
+    with pytest.raises(NonFiniteLossError, match=r"Training loss is nan \(gradient norm nan\) at global step 4"):
         cli_main(["fit", "--config", str(TINY), "--trainer.max_epochs", "3", "--ckpt_path", str(last)],
                  trainer_defaults={"callbacks": [_PoisonAt(4)]})
     assert hashlib.sha256(last.read_bytes()).hexdigest() == digest
@@ -117,3 +117,25 @@ def test_fit_writes_sample_grids_and_logs_metrics():
     metrics = cli.trainer.callback_metrics
     assert {"train/loss_epoch", "val/loss"} <= set(metrics)
     assert metrics["train/images_per_sec"] > 0
+
+
+def test_predict_with_chosen_labels_and_validate_test_subcommands():
+    run_cli("fit", "--config", str(TINY))
+    run_cli("predict", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt", "--sampling.steps", "2",
+            "--sampling.labels", "[7, 3]", "--predict_dir", "out")
+    assert np.load("out/samples_rank0.npz")["labels"].tolist() == [7, 3, 7, 3, 7, 3]
+    cli = run_cli("test", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt")
+    assert "test/loss" in cli.trainer.callback_metrics
+    cli = run_cli("validate", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt")
+    assert "val/loss" in cli.trainer.callback_metrics
+
+
+def test_sample_grid_follows_check_val_every_n_epoch():
+    import yaml
+
+    config = yaml.safe_load(TINY.read_text())
+    grid = next(cb for cb in config["trainer"]["callbacks"] if cb["class_path"] == "callbacks.SampleGrid")
+    grid["init_args"]["every_n_epochs"] = 2
+    Path("every2.yaml").write_text(yaml.safe_dump(config))
+    run_cli("fit", "--config", "every2.yaml", "--trainer.max_epochs", "4", "--trainer.check_val_every_n_epoch", "2")
+    assert sorted(p.name for p in Path("run/samples").glob("*.png")) == ["epoch_001.png", "epoch_003.png"]
