@@ -36,19 +36,26 @@ class WandbSaveConfig(SaveConfigCallback):
 
 class GenLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_class_arguments(SamplingConfig, "sampling", help="Sampling settings used by predict.")
+        parser.add_class_arguments(SamplingConfig, "sampling", help="Sampling settings used by predict and by test.")
         parser.add_argument("--predict_dir", type=Optional[str], default=None,
                             help="Where predict writes samples (default: <default_root_dir>/predictions).")
 
     def before_instantiate_classes(self) -> None:
         choose_wandb_mode()
 
-    def before_predict(self) -> None:
+    def before_test(self) -> None:
+        self._apply_sampling()
+
+    def _apply_sampling(self) -> None:
         config = self.config[self.subcommand]
         if hasattr(self.model, "sampling"):
-            self.model.sampling = SamplingConfig(**config.sampling.as_dict() if hasattr(config.sampling, "as_dict")
-                                                 else dict(config.sampling))
+            self.model.sampling = SamplingConfig(**(config.sampling.as_dict() if hasattr(config.sampling, "as_dict")
+                                                    else dict(config.sampling)))
             rank_zero_info(f"Sampling with {asdict(self.model.sampling)}")
+
+    def before_predict(self) -> None:
+        self._apply_sampling()
+        config = self.config[self.subcommand]
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(SampleWriter(config.predict_dir))
 

@@ -1,8 +1,10 @@
-"""Lightning callbacks: EMA, sample grids, run info and throughput, prediction writing."""
+"""Lightning callbacks: EMA, sample and reconstruction grids, latent t-SNE, run info, prediction writing."""
 
 from callbacks.ema import EMA
+from callbacks.latent_tsne import LatentTSNE
+from callbacks.reconstruction_grid import ReconstructionGrid
 from callbacks.run_info import RunInfo
 from callbacks.sample_grid import SampleGrid
 from callbacks.sample_writer import SampleWriter
 
-__all__ = ["EMA", "SampleGrid", "RunInfo", "SampleWriter"]
+__all__ = ["EMA", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter"]

@@ -13,7 +13,7 @@ Eq. 12, with η and step spacing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -106,20 +106,16 @@ class Sampler:
 
 
 class DDPMSampler(Sampler):
-    """Ancestral sampling: x_{t−1} ~ N(μ̃_t(x_t, x̂_0), σ_t² I) with σ_t² = β_t or β̃_t (Ho et al. §3.2)."""
+    """Ancestral sampling: x_{t−1} ~ N(μ̃_t(x_t, x̂_0), σ_t² I) with σ_t² = β_t or β̃_t (Ho et al. §3.2).
 
-    def __init__(
-        self,
-        schedule: NoiseSchedule,
-        prediction_type: PredictionType = "epsilon",
-        spacing: Spacing = "leading",
-        clip_range: tuple[float, float] | None = None,
-        variance: Variance = "beta_tilde",
-    ) -> None:
+    Takes ``Sampler``'s arguments (prediction_type, spacing, clip_range) plus ``variance``.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, variance: Variance = "beta_tilde", **kwargs: Any) -> None:
         if variance not in ("beta", "beta_tilde"):
             raise ValueError(f"Unknown variance {variance!r}: choose 'beta' or 'beta_tilde'.")
         self.variance = variance
-        super().__init__(schedule, prediction_type, spacing, clip_range)
+        super().__init__(schedule, **kwargs)
 
     def step(self, model_output: Tensor, t: int, xt: Tensor, generator: GeneratorLike = None) -> SamplerOutput:
         x0, _, ab_t, ab_prev = self._predict(model_output, t, xt)
@@ -134,20 +130,16 @@ class DDPMSampler(Sampler):
 
 
 class DDIMSampler(Sampler):
-    """Song et al. 2021, Eq. 12. η = 0 is deterministic; η = 1 with every step is DDPM with σ² = β̃."""
+    """Song et al. 2021, Eq. 12. η = 0 is deterministic; η = 1 with every step is DDPM with σ² = β̃.
 
-    def __init__(
-        self,
-        schedule: NoiseSchedule,
-        prediction_type: PredictionType = "epsilon",
-        spacing: Spacing = "leading",
-        clip_range: tuple[float, float] | None = None,
-        eta: float = 0.0,
-    ) -> None:
+    Takes ``Sampler``'s arguments (prediction_type, spacing, clip_range) plus ``eta``.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, **kwargs: Any) -> None:
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}.")
         self.eta = eta
-        super().__init__(schedule, prediction_type, spacing, clip_range)
+        super().__init__(schedule, **kwargs)
 
     def step(self, model_output: Tensor, t: int, xt: Tensor, generator: GeneratorLike = None) -> SamplerOutput:
         x0, eps, ab_t, ab_prev = self._predict(model_output, t, xt)
@@ -170,10 +162,11 @@ def make_sampler(
     variance: Variance = "beta_tilde",
 ) -> Sampler:
     """Build a sampler by name: ``ddpm`` (ancestral) or ``ddim``."""
+    common = dict(prediction_type=prediction_type, spacing=spacing, clip_range=clip_range)
     if name == "ddpm":
-        return DDPMSampler(schedule, prediction_type, spacing, clip_range, variance)
+        return DDPMSampler(schedule, variance=variance, **common)
     if name == "ddim":
-        return DDIMSampler(schedule, prediction_type, spacing, clip_range, eta)
+        return DDIMSampler(schedule, eta=eta, **common)
     raise ValueError(f"Unknown sampler {name!r}: choose 'ddpm' or 'ddim'.")
 
 
@@ -191,6 +184,8 @@ class SamplingConfig:
         seed: base seed; sample i uses seed + i, independent of batch size and DDP sharding.
         labels: classes to draw for class-conditional models, cycled over the samples (sample i gets
             labels[i % len(labels)]); null uses the data module's labels (i mod num_classes).
+        generation_mode: DiffuseVAE only: ``prior`` or ``reconstruction``; null keeps the model's setting
+            (a checkpoint's model arguments win over --model.* on the command line, so this is the switch).
     """
 
     sampler: str = "ddim"
@@ -201,3 +196,4 @@ class SamplingConfig:
     guidance_scale: float = 0.0
     seed: int = 0
     labels: Optional[list[int]] = None
+    generation_mode: Optional[Literal["prior", "reconstruction"]] = None

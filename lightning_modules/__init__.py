@@ -1,5 +1,7 @@
 """LightningModules, one per file."""
 
 from lightning_modules.ddpm import DDPMModule
+from lightning_modules.diffuse_vae import DiffuseVAEModule
+from lightning_modules.vae import VAEModule
 
-__all__ = ["DDPMModule"]
+__all__ = ["DDPMModule", "VAEModule", "DiffuseVAEModule"]

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from diffusion.guidance import classifier_free_guidance
 from diffusion.samplers import GeneratorLike, SamplingConfig, make_sampler, randn_like
 from diffusion.schedules import NoiseSchedule
+from lightning_modules.data_checks import check_matches_data
 from lightning_modules.hparams import save_config_hparams
 
 
@@ -100,6 +101,10 @@ class DDPMModule(LightningModule):
         out = self(xt, t, y if self.num_classes else None, **kwargs)
         return F.mse_loss(out, self.noise_schedule.target(self.prediction_type, x0, noise, t))
 
+    def denoiser_kwargs(self, x0: Tensor, batch_idx: int | None = None) -> dict[str, Any]:
+        """Extra inputs of the denoiser for a batch; none for a plain DDPM (DiffuseVAE adds ``cond``)."""
+        return {}
+
     def _unpack(self, batch: Any) -> tuple[Tensor, Tensor | None]:
         if isinstance(batch, (list, tuple)):
             return batch[0], batch[1] if len(batch) > 1 else None
@@ -107,7 +112,7 @@ class DDPMModule(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, y = self._unpack(batch)
-        loss = self.diffusion_loss(x0, y)
+        loss = self.diffusion_loss(x0, y, **self.denoiser_kwargs(x0))
         self._last_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x0.shape[0])
         return loss
@@ -131,14 +136,14 @@ class DDPMModule(LightningModule):
         x0, y = self._unpack(batch)
         # Fixed t and ε per batch, so validation losses are comparable across epochs.
         g = torch.Generator(device=self.device).manual_seed(10_000 + batch_idx)
-        loss = self.diffusion_loss(x0, y, generator=g)
+        loss = self.diffusion_loss(x0, y, generator=g, **self.denoiser_kwargs(x0, batch_idx))
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x0.shape[0])
         return loss
 
     def test_step(self, batch: Any, batch_idx: int) -> Tensor:
         x0, y = self._unpack(batch)
         g = torch.Generator(device=self.device).manual_seed(20_000 + batch_idx)
-        loss = self.diffusion_loss(x0, y, generator=g)
+        loss = self.diffusion_loss(x0, y, generator=g, **self.denoiser_kwargs(x0, batch_idx))
         self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=x0.shape[0])
         return loss
 
@@ -228,22 +233,7 @@ class DDPMModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None:
-            return
-        checks = {
-            "image_size": (self.image_shape[1], getattr(dm, "image_size", None)),
-            "channels": (self.image_shape[0], getattr(dm, "channels", None)),
-            "value_range": (self.value_range, tuple(getattr(dm, "value_range", self.value_range))),
-        }
-        for key, (mine, theirs) in checks.items():
-            if theirs is not None and mine != theirs:
-                raise ValueError(
-                    f"model.{key}={mine} does not match data.{key}={theirs}. Set both to the same value in the config."
-                )
-        if self.num_classes and getattr(dm, "num_classes", self.num_classes) != self.num_classes:
-            raise ValueError(
-                f"the denoiser has num_classes={self.num_classes} but the data has {dm.num_classes} classes."
-            )
+        check_matches_data(self.image_shape, self.value_range, dm, self.num_classes)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # WeightAveraging puts the EMA weights in state_dict and the raw ones in current_model_state.

@@ -1,5 +1,6 @@
 """Pure ``nn.Module`` networks (no Lightning imports)."""
 
 from networks.unet import TinyUNet, UNet
+from networks.vae import VAE
 
-__all__ = ["UNet", "TinyUNet"]
+__all__ = ["UNet", "TinyUNet", "VAE"]

@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny_ddpm.yaml"
+TINY_VAE = ROOT / "tests" / "configs" / "tiny_vae.yaml"
+TINY_DVAE = ROOT / "tests" / "configs" / "tiny_diffuse_vae.yaml"
 SWEEPS = ROOT / "sweeps"
 
 if str(ROOT) not in sys.path:
