@@ -84,7 +84,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint():
     last = Path("run/checkpoints/last.ckpt")
     digest = hashlib.sha256(last.read_bytes()).hexdigest()
     with pytest.raises(NonFiniteLossError, match=r"Training loss is nan \(gradient norm nan\) at global step 4"):
-        cli_main(["fit", "--config", str(TINY), "--trainer.max_epochs", "3", "--ckpt_path", str(last)],
+        cli_main(["fit", "--config", str(TINY), "--trainer.max_epochs", "3", "--ckpt_path", str(last),
+                  "--trainer.enable_progress_bar", "false"],
                  trainer_defaults={"callbacks": [_PoisonAt(4)]})
     assert hashlib.sha256(last.read_bytes()).hexdigest() == digest
     ckpt = torch.load(last, weights_only=True)
