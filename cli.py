@@ -49,8 +49,7 @@ class GenLabCLI(LightningCLI):
     def _apply_sampling(self) -> None:
         config = self.config[self.subcommand]
         if hasattr(self.model, "sampling"):
-            self.model.sampling = SamplingConfig(**(config.sampling.as_dict() if hasattr(config.sampling, "as_dict")
-                                                    else dict(config.sampling)))
+            self.model.sampling = SamplingConfig(**config.sampling.as_dict())
             rank_zero_info(f"Sampling with {asdict(self.model.sampling)}")
 
     def before_predict(self) -> None:

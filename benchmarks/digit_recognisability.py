@@ -27,7 +27,6 @@ from benchmarks.common import hardware, write_result  # noqa: E402
 from datamodules import FashionMNISTDataModule, MNISTDataModule  # noqa: E402
 from diffusion.samplers import SamplingConfig  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
-from networks import UNet  # noqa: E402
 
 
 class SmallCNN(nn.Module):
@@ -67,17 +66,6 @@ def accuracy(clf, loader) -> float:
     return correct / total
 
 
-def load_model(ckpt_path: str, config: dict) -> DDPMModule:
-    init = dict(config["model"]["init_args"])
-    denoiser = UNet(**init.pop("denoiser")["init_args"])
-    init.pop("optimizer", None)
-    model = DDPMModule(denoiser, **init)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    model.load_state_dict(ckpt["state_dict"])
-    model.weights_are_ema = "current_model_state" in ckpt
-    return model.eval()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
@@ -100,7 +88,7 @@ def main() -> None:
     dm.setup()
     clf, real_acc = train_classifier(dm, args.classifier_epochs, args.seed)
 
-    model = load_model(args.ckpt, config)
+    model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()  # EMA weights, if any
     sampling = SamplingConfig(sampler=args.sampler, steps=args.steps, eta=args.eta,
                               guidance_scale=args.guidance_scale, seed=args.seed)
     labels = torch.arange(10).repeat_interleave(args.per_class)

@@ -232,8 +232,7 @@ class DDPMModule(LightningModule):
     # ---- Lightning plumbing ------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        check_matches_data(self.image_shape, self.value_range, dm, self.num_classes)
+        check_matches_data(self.image_shape, self.value_range, getattr(self.trainer, "datamodule", None), self.num_classes)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # WeightAveraging puts the EMA weights in state_dict and the raw ones in current_model_state.

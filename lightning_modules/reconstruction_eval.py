@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from callbacks.sample_grid import to_unit_range
 from callbacks.wandb_utils import get_wandb_logger
 from metrics.reconstruction import DIRECTIONS, ReconstructionMetrics, lpips_model
 from metrics.report import write_report
@@ -22,8 +23,7 @@ class ReconstructionEvaluation:
     report_dir: str | None = None
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        low, high = self.value_range
-        return ((x - low) / (high - low)).clamp(0, 1)
+        return to_unit_range(x, self.value_range)
 
     def on_test_start(self) -> None:
         net, reason = lpips_model(self.lpips_weights)
