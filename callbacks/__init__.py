@@ -1,10 +1,12 @@
-"""Lightning callbacks: EMA, sample and reconstruction grids, latent t-SNE, run info, prediction writing."""
+"""Lightning callbacks: EMA, sample and reconstruction grids, latent t-SNE, run info, prediction writing,
+generation metrics (FID/KID/IS/precision-recall)."""
 
 from callbacks.ema import EMA
+from callbacks.generation_metrics import GenerationMetricsCallback
 from callbacks.latent_tsne import LatentTSNE
 from callbacks.reconstruction_grid import ReconstructionGrid
 from callbacks.run_info import RunInfo
 from callbacks.sample_grid import SampleGrid
 from callbacks.sample_writer import SampleWriter
 
-__all__ = ["EMA", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter"]
+__all__ = ["EMA", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter", "GenerationMetricsCallback"]

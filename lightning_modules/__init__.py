@@ -2,6 +2,7 @@
 
 from lightning_modules.ddpm import DDPMModule
 from lightning_modules.diffuse_vae import DiffuseVAEModule
+from lightning_modules.feature_classifier import FeatureClassifierModule
 from lightning_modules.vae import VAEModule
 
-__all__ = ["DDPMModule", "VAEModule", "DiffuseVAEModule"]
+__all__ = ["DDPMModule", "VAEModule", "DiffuseVAEModule", "FeatureClassifierModule"]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny_ddpm.yaml"
@@ -41,3 +42,21 @@ def run_cli_subprocess(*args: str, timeout: float = 600, env: dict | None = None
     return subprocess.run(
         [sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory):
+    """A state dict with the FID Inception's exact architecture and random weights (no download)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
+    torch.save({}, path)
+    original = FeatureExtractorInceptionV3.load_state_dict
+    FeatureExtractorInceptionV3.load_state_dict = lambda self, sd, *a, **k: None
+    try:
+        torch.manual_seed(0)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+    finally:
+        FeatureExtractorInceptionV3.load_state_dict = original
+    torch.save(net.state_dict(), path)
+    return path

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from tests.conftest import ROOT, SWEEPS, TINY, run_cli
+from conftest import ROOT, SWEEPS, TINY, run_cli
 
 SHIPPED = sorted(p for p in SWEEPS.glob("*.yaml") if not p.name.endswith(".search.yaml"))
 

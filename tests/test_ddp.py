@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from tests.conftest import TINY, run_cli_subprocess
+from conftest import TINY, run_cli_subprocess
 
 
 @pytest.mark.slow

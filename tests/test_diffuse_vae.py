@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, TINY_DVAE, TINY_VAE, run_cli, run_cli_subprocess
 
 from lightning_modules import DiffuseVAEModule
 from lightning_modules.diffuse_vae import load_frozen_vae
 from networks import TinyUNet
-from tests.conftest import TINY, TINY_DVAE, TINY_VAE, run_cli, run_cli_subprocess
 
 
 @pytest.fixture

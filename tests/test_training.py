@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, run_cli
 from lightning.pytorch import Callback, Trainer
 
 from callbacks import EMA
@@ -14,7 +15,6 @@ from datamodules import SyntheticDataModule
 from lightning_modules import DDPMModule
 from lightning_modules.ddpm import NonFiniteLossError
 from networks import TinyUNet
-from tests.conftest import TINY, run_cli
 
 
 def _fixed_loss(module, x, y, draws=16):

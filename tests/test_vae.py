@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import TINY_VAE, run_cli
 
 from metrics import ReconstructionMetrics, edge_similarity, histogram_similarity
 from metrics.reconstruction import lpips_model
 from networks.vae import VAE, kl_divergence, reconstruction_loss
-from tests.conftest import TINY_VAE, run_cli
 
 
 @pytest.mark.parametrize("mults,latent", [((1,), 32), ((1, 2), 16), ((1, 2, 2), 8), ((1, 2, 2, 4), 4)])

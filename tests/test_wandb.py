@@ -3,9 +3,9 @@
 from pathlib import Path
 
 import pytest
+from conftest import TINY, run_cli_subprocess
 
 from callbacks.wandb_utils import choose_wandb_mode
-from tests.conftest import TINY, run_cli_subprocess
 
 
 def test_no_credentials_means_offline(monkeypatch, tmp_path):
