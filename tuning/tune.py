@@ -227,9 +227,10 @@ def log_summary_to_wandb(base: dict, study: optuna.Study, info: dict, study_dir:
         return
     import wandb
 
+    # mode is explicit: wandb keeps the first mode a process used, and a tune process may have used another.
     run = wandb.init(project=(logger.get("init_args") or {}).get("project", "genlab"), group=study.study_name,
                      name=f"{study.study_name}-summary", job_type="optuna-summary", dir=str(study_dir), config=info,
-                     reinit="finish_previous")
+                     reinit="finish_previous", mode=os.environ.get("WANDB_MODE", "online"))
     table = wandb.Table(columns=["trial", "state", "value", "params"])
     for t in study.get_trials(deepcopy=False):
         table.add_data(t.number, t.state.name, t.value, str(t.params))
