@@ -237,6 +237,7 @@ def log_summary_to_wandb(base: dict, study: optuna.Study, info: dict, study_dir:
     run.log({"optuna/trials": table})
     run.summary.update({k: v for k, v in info.items() if not isinstance(v, dict)})
     run.finish()
+    wandb.teardown()  # stop the service: processes started later must not attach to it via WANDB_SERVICE
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
