@@ -8,12 +8,14 @@ for the FID/KID report of an optional top-level ``generation_metrics:`` callback
 
 from __future__ import annotations
 
-import os
+import importlib
+import inspect
 import sys
-from dataclasses import asdict
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
@@ -24,8 +26,8 @@ import datamodules  # noqa: F401
 import lightning_modules  # noqa: F401
 from callbacks.generation_metrics import GenerationMetricsCallback
 from callbacks.sample_writer import SampleWriter
-from callbacks.wandb_utils import choose_wandb_mode, get_wandb_logger, offline_sync_hint
-from diffusion.samplers import SamplingConfig
+from lightning_modules.contract import GenerativeModule, Sampling
+from lightning_modules.wandb_utils import choose_wandb_mode, get_wandb_logger, offline_sync_hint
 
 
 class WandbSaveConfig(SaveConfigCallback):
@@ -41,9 +43,12 @@ class WandbSaveConfig(SaveConfigCallback):
 class GenLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(GenerationMetricsCallback, "generation_metrics", subclass_mode=True, required=False)
-        parser.add_class_arguments(SamplingConfig, "sampling", help="Sampling settings used by predict and by test.")
+        parser.add_class_arguments(Sampling, "sampling", help="Sampling settings used by predict and by test.")
         parser.add_argument("--predict_dir", type=Optional[str], default=None,
                             help="Where predict writes samples (default: <default_root_dir>/predictions).")
+        parser.add_argument("--run_name", type=Optional[str], default=None,
+                            help="Names the run: outputs (checkpoints, W&B files, samples) go to runs/<run_name> unless "
+                                 "trainer.default_root_dir is set. Default: the name of the first --config file.")
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Top-level callbacks (generation_metrics) are optional: drop the ones a config leaves out.
@@ -53,15 +58,19 @@ class GenLabCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         choose_wandb_mode()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        link_data_facts(config)
+        derive_run_dirs(config)
 
     def before_test(self) -> None:
         self._apply_sampling()
 
     def _apply_sampling(self) -> None:
-        config = self.config[self.subcommand]
-        if hasattr(self.model, "sampling"):
-            self.model.sampling = SamplingConfig(**config.sampling.as_dict())
-            rank_zero_info(f"Sampling with {asdict(self.model.sampling)}")
+        if isinstance(self.model, GenerativeModule):
+            sampling = self.config_init[self.subcommand].sampling
+            self.model.check_sampling(sampling)
+            self.model.sampling = sampling
+            rank_zero_info(f"Sampling with {sampling.describe()}")
 
     def before_predict(self) -> None:
         self._apply_sampling()
@@ -74,6 +83,95 @@ class GenLabCLI(LightningCLI):
         hint = offline_sync_hint(logger) if logger is not None and self.trainer.is_global_zero else None
         if hint:
             print(f"W&B ran offline. Upload this run with:\n    {hint}")
+
+
+# ---- one fact, one place ---------------------------------------------------------------------------
+
+DATA_FACTS = {  # model key (or sub-network key) ← data module fact
+    "image_size": "image_size", "channels": "channels", "in_channels": "channels", "value_range": "value_range",
+    "num_classes": "num_classes",
+}
+SUB_NETWORKS = ("denoiser", "vae", "generator")  # their in_channels follow the data too
+LINKED_SUB_KEYS = ("in_channels", "image_size")
+
+
+def import_object(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _norm(value: Any) -> Any:
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _default_of(cls: type, key: str) -> Any:
+    for klass in cls.__mro__:
+        param = inspect.signature(klass.__init__).parameters.get(key) if "__init__" in vars(klass) else None
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    return inspect.Parameter.empty
+
+
+def _link(target: Any, keys: Sequence[str], facts: dict[str, Any], where: str) -> None:
+    """Set ``target.init_args[key]`` from the data facts; a value the user set that contradicts them is an error."""
+    if not isinstance(target, Namespace) or not target.get("class_path") or target.get("init_args") is None:
+        return
+    cls = import_object(target.class_path)
+    for key in keys:
+        fact = DATA_FACTS[key]
+        if fact not in facts or key not in target.init_args:
+            continue
+        value, wanted = target.init_args[key], facts[fact]
+        if _norm(value) not in (_norm(wanted), _norm(_default_of(cls, key))):
+            raise ValueError(f"{where}.init_args.{key}={value} contradicts data.init_args.{fact}={wanted}. The model takes "
+                             f"{fact} from the data module (one fact, one place): set data.init_args.{fact} only.")
+        target.init_args[key] = list(wanted) if isinstance(wanted, tuple) else wanted
+
+
+def link_data_facts(config: Namespace) -> None:
+    """Copy the data module's image size, channels, value range (and classes, for classifiers) into the model
+    and its sub-network, so a config states them once, under ``data``."""
+    data = config.get("data")
+    if not isinstance(data, Namespace) or not data.get("class_path"):
+        return
+    data_cls = import_object(data.class_path)
+    facts = {}
+    for fact in set(DATA_FACTS.values()):
+        value = (data.get("init_args") or Namespace()).get(fact)
+        if value is None and isinstance(getattr(data_cls, fact, None), (int, float, tuple, list)):
+            value = getattr(data_cls, fact)
+        if value is not None:
+            facts[fact] = _norm(value) if isinstance(value, (list, tuple)) else value
+    model = config.get("model")
+    _link(model, list(DATA_FACTS), facts, "model")  # num_classes / in_channels only exist on classifiers
+    for name in SUB_NETWORKS:
+        sub = (model.get("init_args") or Namespace()).get(name) if isinstance(model, Namespace) else None
+        _link(sub, LINKED_SUB_KEYS, facts, f"model.init_args.{name}")
+
+
+def derive_run_dirs(config: Namespace) -> None:
+    """One run name → default_root_dir, the W&B run's name, group and files, and the checkpoint folder."""
+    trainer = config.get("trainer")
+    if not isinstance(trainer, Namespace):
+        return
+    configs = config.get("config") or []
+    name = config.get("run_name") or (Path(str(configs[0])).stem if configs else "genlab")
+    root = trainer.get("default_root_dir") or str(Path("runs") / name)
+    trainer.default_root_dir = root
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, Namespace) and str(logger.get("class_path", "")).endswith("WandbLogger"):
+            args = logger.init_args
+            if args.get("save_dir") in (None, "."):
+                args.save_dir = root
+            if not args.get("name"):
+                args.name = name
+            if not args.get("group"):
+                args.group = name
+    for cb in trainer.get("callbacks") or []:
+        if isinstance(cb, Namespace) and str(cb.get("class_path", "")).endswith("ModelCheckpoint"):
+            if not cb.init_args.get("dirpath"):
+                cb.init_args.dirpath = str(Path(root) / "checkpoints")
 
 
 def cli_main(args: ArgsType = None, **kwargs: Any) -> LightningCLI:
@@ -92,16 +190,12 @@ def cli_main(args: ArgsType = None, **kwargs: Any) -> LightningCLI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``tune`` runs an Optuna study (tuning/tune.py); inside a study's trial process, ``fit`` reports to it."""
+    """``tune`` runs an Optuna study (tuning/tune.py); everything else is LightningCLI."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["tune"]:
         from tuning.tune import tune_main
 
         tune_main(argv[1:])
-    elif os.environ.get("GENLAB_OPTUNA_TRIAL"):
-        from tuning.trial import run_trial
-
-        run_trial(argv)
     else:
         cli_main(argv)
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, write_result  # noqa: E402
+from diffusion import DDIMSampler  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
 from networks.unet import UNet, count_parameters  # noqa: E402
 
@@ -118,7 +119,7 @@ def sampling_times(preset, image_size, batch, step_counts, device) -> dict:
     for steps in step_counts:
         _sync(device)
         t0 = time.perf_counter()
-        module.sample(batch, steps=steps, sampler="ddim", labels=y, generator=torch.Generator(device).manual_seed(0))
+        module.sample(batch, DDIMSampler(steps), labels=y, generator=torch.Generator(device).manual_seed(0))
         _sync(device)
         ms = (time.perf_counter() - t0) / batch * 1000
         out["ddim"][steps] = {"ms_per_image": ms, "overhead_vs_forward": ms / (steps * forward_ms)}

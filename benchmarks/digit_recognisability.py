@@ -24,8 +24,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, write_result  # noqa: E402
+from benchmarks.common import sampling as make_sampling  # noqa: E402
 from datamodules import FashionMNISTDataModule, MNISTDataModule  # noqa: E402
-from diffusion.samplers import SamplingConfig  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
 
 
@@ -89,12 +89,11 @@ def main() -> None:
     clf, real_acc = train_classifier(dm, args.classifier_epochs, args.seed)
 
     model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()  # EMA weights, if any
-    sampling = SamplingConfig(sampler=args.sampler, steps=args.steps, eta=args.eta,
-                              guidance_scale=args.guidance_scale, seed=args.seed)
+    sampling = make_sampling(args.sampler, args.steps, args.eta, guidance_scale=args.guidance_scale, seed=args.seed)
     labels = torch.arange(10).repeat_interleave(args.per_class)
     correct, confidences = 0, []
     for chunk in torch.arange(len(labels)).split(100):
-        x = model.sample_with_config(sampling, chunk, labels[chunk])
+        x = model.generate(chunk, labels[chunk], sampling=sampling)
         with torch.no_grad():
             probs = clf(x).softmax(1)
         correct += (probs.argmax(1) == labels[chunk]).sum().item()

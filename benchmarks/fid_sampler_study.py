@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,9 +22,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, write_result  # noqa: E402
+from benchmarks.common import sampling as make_sampling  # noqa: E402
 from callbacks.sample_grid import to_unit_range  # noqa: E402
 from datamodules import FashionMNISTDataModule, MNISTDataModule  # noqa: E402
-from diffusion.samplers import SamplingConfig  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
 from metrics import ClassifierFeatures, GenerationMetrics, InceptionV3Features, reference_features  # noqa: E402
 from metrics.provenance import sha256_of, software  # noqa: E402
@@ -85,14 +84,14 @@ def main() -> None:
         tag = f"{sampler}-{steps}" + (f"-{eta:g}" if sampler == "ddim" else "")
         if wanted and tag not in wanted:
             continue
-        cfg = SamplingConfig(sampler=sampler, steps=steps, eta=eta, guidance_scale=args.guidance, seed=args.seed)
+        cfg = make_sampling(sampler, steps, eta, guidance_scale=args.guidance, seed=args.seed)
         start = time.perf_counter()
         with torch.no_grad():
-            samples = torch.cat([model.sample_with_config(cfg, idx, None if labels is None else labels[idx])
+            samples = torch.cat([model.generate(idx, None if labels is None else labels[idx], sampling=cfg)
                                  for idx in index.split(args.batch_size)])
         seconds = (time.perf_counter() - start) / n
         unit = to_unit_range(samples, model.value_range)
-        rows.append({"setting": tag, "sampling": asdict(cfg), "sec_per_image": seconds,
+        rows.append({"setting": tag, "sampling": cfg.describe(), "sec_per_image": seconds,
                      **{name: score(ex, refs[name], unit, index, args.seed) for name, ex in extractors.items()}})
         print(tag, {k: (v if not isinstance(v, dict) else {m: round(x, 4) for m, x in v.items()}) for k, v in rows[-1].items()
                     if k != "sampling"}, flush=True)

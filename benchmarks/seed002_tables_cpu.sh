@@ -19,4 +19,4 @@ DVAE="$CPU --trainer.max_time 00:00:15:00 --model.init_args.denoiser.init_args.c
 python cli.py fit --config sweeps/diffuse_vae_fashion_mnist.yaml $DVAE
 python cli.py test --config sweeps/diffuse_vae_fashion_mnist.yaml $DVAE \
   --ckpt_path runs/diffuse_vae_fashion_mnist/checkpoints/last.ckpt \
-  --sampling.sampler ddim --sampling.steps 20 --sampling.eta 0.0 --data.batch_size 500
+  --sampling.sampler DDIMSampler --sampling.sampler.steps 20 --sampling.sampler.eta 0.0 --data.batch_size 500

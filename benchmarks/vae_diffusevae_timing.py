@@ -22,7 +22,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, write_result  # noqa: E402
-from diffusion.samplers import SamplingConfig  # noqa: E402
+from benchmarks.common import sampling as make_sampling  # noqa: E402
 from lightning_modules import DDPMModule, VAEModule  # noqa: E402
 from networks import VAE, UNet  # noqa: E402
 
@@ -84,15 +84,14 @@ def main() -> None:
     vae.eval(), ddpm.eval()
     _sync(dev)
     t0 = time.perf_counter()
-    vae.sample_with_config(SamplingConfig(), idx)
+    vae.generate(idx)
     _sync(dev)
     vae_ms = (time.perf_counter() - t0) / len(idx) * 1000
     dvae_ms = {}
     for steps in args.sample_steps:
         _sync(dev)
         t0 = time.perf_counter()
-        ddpm.sample_with_config(SamplingConfig(sampler="ddim", steps=steps), idx,
-                                cond=vae.sample_with_config(SamplingConfig(), idx))
+        ddpm.generate(idx, cond=vae.generate(idx), sampling=make_sampling("ddim", steps))
         _sync(dev)
         dvae_ms[steps] = (time.perf_counter() - t0) / len(idx) * 1000
     result = {

@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks.wandb_utils import get_wandb_logger
+from lightning_modules.contract import Encodes
+from lightning_modules.wandb_utils import get_wandb_logger
 
 
 class LatentTSNE(Callback):
@@ -32,6 +33,11 @@ class LatentTSNE(Callback):
         self.save_dir = save_dir
         self.last_path: Path | None = None
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, Encodes):
+            raise TypeError(f"LatentTSNE needs a module with a latent space (the Encodes contract in "
+                            f"lightning_modules/contract.py), got {type(pl_module).__name__}; remove it from this config.")
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking and trainer.current_epoch + 1 in self.epochs:
             self._plot(trainer, pl_module)
@@ -47,7 +53,7 @@ class LatentTSNE(Callback):
 
         mus, ys, n = [], [], 0
         for x, y in trainer.datamodule.val_dataloader():
-            mu, _ = pl_module.vae.encode(pl_module.to_unit(x.to(pl_module.device)))
+            mu = pl_module.encode_mean(x.to(pl_module.device))
             mus.append(mu.flatten(1).cpu())
             ys.append(y)
             n += len(y)

@@ -11,11 +11,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import save_image
 
 from callbacks.sample_grid import image_grid
-from callbacks.wandb_utils import get_wandb_logger
+from lightning_modules.contract import Reconstructs
+from lightning_modules.wandb_utils import get_wandb_logger
 
 
 class ReconstructionGrid(Callback):
-    """Logs ``reconstructions`` every ``every_n_epochs`` validation epochs (needs ``pl_module.reconstruct``).
+    """Logs ``reconstructions`` every ``every_n_epochs`` validation epochs (modules meeting ``Reconstructs``).
 
     Args:
         num_images: images per row.
@@ -26,6 +27,11 @@ class ReconstructionGrid(Callback):
     def __init__(self, num_images: int = 8, every_n_epochs: int = 1, save_dir: str | None = None) -> None:
         super().__init__()
         self.num_images, self.every_n_epochs, self.save_dir = num_images, every_n_epochs, save_dir
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, Reconstructs):
+            raise TypeError(f"ReconstructionGrid needs a module that reconstructs (the Reconstructs contract in "
+                            f"lightning_modules/contract.py), got {type(pl_module).__name__}; remove it from this config.")
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                                 batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import copy
 import math
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from torchvision.utils import make_grid, save_image
 
-from callbacks.wandb_utils import get_wandb_logger
-from diffusion.samplers import SamplingConfig
+from lightning_modules.contract import GenerativeModule, Sampling
+from lightning_modules.wandb_utils import get_wandb_logger
 
 
 def to_unit_range(x: torch.Tensor, value_range: tuple[float, float]) -> torch.Tensor:
     low, high = value_range
     return ((x - low) / (high - low)).clamp(0, 1)
+
+
+def require_generative(pl_module: LightningModule, who: str) -> GenerativeModule:
+    """The callbacks talk to the written contract only; anything else is a configuration error."""
+    if not isinstance(pl_module, GenerativeModule):
+        raise TypeError(f"{who} needs a genlab GenerativeModule (lightning_modules/contract.py), got "
+                        f"{type(pl_module).__name__}; remove {who} from this config.")
+    return pl_module
+
+
+def smoke_test_sampling(sampling: Sampling) -> Sampling:
+    """The same settings with at most 2 steps, for fast_dev_run: exercise the path, not the full cost."""
+    quick = copy.copy(sampling)
+    quick.sampler = copy.copy(sampling.sampler)
+    if getattr(quick.sampler, "steps", None) is None or quick.sampler.steps > 2:
+        quick.sampler.steps = 2
+    return quick
 
 
 def image_grid(x: torch.Tensor, value_range: tuple[float, float], nrow: int | None = None) -> torch.Tensor:
@@ -40,11 +57,7 @@ class SampleGrid(Callback):
     Args:
         num_samples: images per grid.
         every_n_epochs: draw after epochs n, 2n, ... (counted like ``check_val_every_n_epoch``).
-        sampler: ``ddim`` or ``ddpm``.
-        steps: denoising steps.
-        eta: DDIM η.
-        guidance_scale: CFG weight for class-conditional models.
-        seed: base seed of the fixed noise.
+        sampling: sampler (by class_path), guidance weight and seed of the fixed noise.
         save_dir: folder for PNG copies (default: <default_root_dir>/samples).
     """
 
@@ -52,19 +65,18 @@ class SampleGrid(Callback):
         self,
         num_samples: int = 64,
         every_n_epochs: int = 1,
-        sampler: str = "ddim",
-        steps: int = 50,
-        eta: float = 0.0,
-        guidance_scale: float = 0.0,
-        seed: int = 1234,
+        sampling: Optional[Sampling] = None,
         save_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.num_samples = num_samples
         self.every_n_epochs = every_n_epochs
-        self.config = SamplingConfig(sampler=sampler, steps=steps, eta=eta, guidance_scale=guidance_scale, seed=seed)
+        self.sampling = sampling or Sampling(seed=1234)
         self.save_dir = save_dir
         self.last_grid_path: Path | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        require_generative(pl_module, "SampleGrid").check_sampling(self.sampling)
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -77,18 +89,16 @@ class SampleGrid(Callback):
         self._draw(trainer, pl_module)
 
     @rank_zero_only
-    def _draw(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not hasattr(pl_module, "sample_with_config"):
-            return
-        n_classes = getattr(pl_module, "num_classes", 0)
-        config, num_samples = self.config, self.num_samples
-        if trainer.fast_dev_run:  # smoke test: exercise the path, not the full grid
-            config, num_samples = replace(config, steps=min(config.steps, 2)), min(num_samples, 4)
+    def _draw(self, trainer: Trainer, pl_module: GenerativeModule) -> None:
+        sampling, num_samples = self.sampling, self.num_samples
+        if trainer.fast_dev_run:
+            sampling, num_samples = smoke_test_sampling(sampling), min(num_samples, 4)
+        n_classes = pl_module.num_classes
         indices = torch.arange(num_samples)
-        labels = indices % n_classes if n_classes else None
+        labels = sampling.labels_for(indices, n_classes)
         was_training = pl_module.training
         pl_module.eval()
-        samples = pl_module.sample_with_config(config, indices, labels)
+        samples = pl_module.generate(indices.to(pl_module.device), labels, sampling=sampling)
         pl_module.train(was_training)
         nrow = n_classes if n_classes and num_samples % n_classes == 0 else None
         grid = image_grid(samples, pl_module.value_range, nrow)
@@ -98,9 +108,9 @@ class SampleGrid(Callback):
         save_image(grid, self.last_grid_path)
         logger = get_wandb_logger(trainer)
         if logger is not None:
-            c = self.config
-            caption = (f"epoch {trainer.current_epoch}, EMA={_ema_active(trainer)}, {c.sampler}-{c.steps} "
-                       f"eta={c.eta} w={c.guidance_scale} seed={c.seed}")
+            s = sampling.sampler
+            caption = (f"epoch {trainer.current_epoch}, EMA={_ema_active(trainer)}, {s!r}, "
+                       f"w={sampling.guidance_scale} seed={sampling.seed}")
             logger.log_image(key="samples", images=[grid], caption=[caption], step=trainer.global_step)
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torchvision.utils import save_image
 
-from callbacks.sample_grid import image_grid
+from callbacks.sample_grid import image_grid, require_generative
 
 
 class SampleWriter(BasePredictionWriter):
@@ -41,7 +41,7 @@ class SampleWriter(BasePredictionWriter):
         out = Path(self.output_dir or Path(trainer.default_root_dir) / "predictions")
         out.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank
-        provenance = pl_module.provenance() if hasattr(pl_module, "provenance") else {}
+        provenance = require_generative(pl_module, "SampleWriter").provenance()
         provenance.update(ckpt_path=str(trainer.ckpt_path) if trainer.ckpt_path else None, rank=rank,
                           world_size=trainer.world_size, torch=torch.__version__)
         npz = out / f"samples_rank{rank}.npz"

@@ -56,6 +56,7 @@ class ImageFolderDataModule(ImageDataModule):
     """
 
     name = "image_folder"
+    num_classes = None  # set from the class folders; not a config fact cli.py can link
 
     def __init__(self, root: str, channels: int = 3, test_fraction: float = 0.1, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -1,15 +1,54 @@
-"""Diffusion maths: noise schedules and samplers. Pure PyTorch, no Lightning."""
+"""Diffusion maths: noise processes, samplers that own their loop, hooks. Pure PyTorch, no Lightning."""
 
 from diffusion.guidance import classifier_free_guidance
-from diffusion.samplers import DDIMSampler, DDPMSampler, Sampler, SamplingConfig, make_sampler
-from diffusion.schedules import NoiseSchedule
+from diffusion.hooks import Inpaint, Trajectory
+from diffusion.processes import DiscreteVPProcess, NoiseProcess
+from diffusion.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    DenoiseFn,
+    DiscreteSampler,
+    Prediction,
+    SampleOutput,
+    Sampler,
+    StepState,
+)
+from diffusion.sde import SDE, VESDE, VPSDE, DiscreteVPSDE, SubVPSDE, as_sde
+from diffusion.sde_samplers import (
+    AdaptiveODE,
+    AnnealedLangevin,
+    EulerMaruyama,
+    HeunODE,
+    Langevin,
+    PredictorCorrector,
+    SDESampler,
+)
 
 __all__ = [
-    "NoiseSchedule",
+    "NoiseProcess",
+    "DiscreteVPProcess",
     "Sampler",
+    "DiscreteSampler",
     "DDPMSampler",
     "DDIMSampler",
-    "make_sampler",
-    "SamplingConfig",
+    "DenoiseFn",
+    "Prediction",
+    "SampleOutput",
+    "StepState",
+    "Inpaint",
+    "Trajectory",
     "classifier_free_guidance",
+    "SDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "DiscreteVPSDE",
+    "as_sde",
+    "SDESampler",
+    "EulerMaruyama",
+    "PredictorCorrector",
+    "HeunODE",
+    "AdaptiveODE",
+    "AnnealedLangevin",
+    "Langevin",
 ]

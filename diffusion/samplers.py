@@ -1,9 +1,14 @@
-"""Reverse-process samplers behind one small interface (shaped like diffusers' schedulers).
+"""Samplers own the reverse loop over a noise process.
 
-    sampler.set_timesteps(num_steps)          # choose the steps to visit
-    for t in sampler.timesteps:               # descending integer steps
-        out = net(x, t)
-        x = sampler.step(out, t, x, generator).prev_sample
+    denoise = DenoiseFn(net_fn, process, prediction_type, clip_range)   # built by the module
+    out = sampler.sample(denoise, x_T, generator, hooks)                # out.x, out.nfe
+
+``denoise(x, t)`` returns the consistent pair (x̂_0, ε̂) at process time t; guidance, class labels and
+image conditions live inside the closure, so a sampler never sees them. A sampler may call it any
+number of times per step (predictor–corrector, Heun), and hooks run after every step (inpainting,
+trajectory capture). Samplers are chosen by ``class_path`` with their own arguments; a new one
+subclasses ``Sampler`` (or ``DiscreteSampler`` for a step rule on DDPM's integer steps) and needs no
+change anywhere else.
 
 ``DDPMSampler`` is ancestral sampling (Ho et al. 2020, Alg. 2) with σ² = β or β̃; with fewer steps than
 T it uses the respaced process of Nichol & Dhariwal 2021 (§4). ``DDIMSampler`` is Song et al. 2021,
@@ -12,188 +17,257 @@ Eq. 12, with η and step spacing.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from diffusion.schedules import NoiseSchedule, PredictionType
+from diffusion.processes import DiscreteVPProcess, GeneratorLike, NoiseProcess, randn_like
+from diffusion.schedules import PredictionType
 
 Spacing = Literal["leading", "trailing", "linspace"]
 Variance = Literal["beta", "beta_tilde"]
-GeneratorLike = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
-def randn_like(x: Tensor, generator: GeneratorLike = None) -> Tensor:
-    """Standard normal noise shaped like ``x``.
+@dataclass
+class Prediction:
+    """The denoiser's estimate at one time: x̂_0 and ε̂, consistent with x_t = α x̂_0 + σ ε̂."""
 
-    With a list of generators, sample i draws from generator i, so results do not depend on the batch
-    size or on how samples are split across DDP ranks.
+    x0: Tensor
+    eps: Tensor
+
+
+class DenoiseFn:
+    """(x, t) ↦ Prediction: network call, parameterisation and optional x̂_0 clipping in one closure.
+
+    Args:
+        net_fn: (x, network_time) → raw network output; the module puts guidance, labels and
+            conditions inside it.
+        process: the noise process the network was trained on.
+        prediction_type: what the network predicts (``epsilon``, ``sample``, ``v_prediction``).
+        clip_range: clip x̂_0 to this range and recompute ε̂ from it (None: no clipping).
     """
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    if len(generator) != x.shape[0]:
-        raise ValueError(f"Got {len(generator)} generators for a batch of {x.shape[0]}.")
-    return torch.stack(
-        [torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype).to(x.device) for g in generator]
-    )
+
+    def __init__(
+        self,
+        net_fn: Callable[[Tensor, Tensor], Tensor],
+        process: NoiseProcess,
+        prediction_type: PredictionType = "epsilon",
+        clip_range: tuple[float, float] | None = None,
+    ) -> None:
+        self.net_fn, self.process, self.prediction_type, self.clip_range = net_fn, process, prediction_type, clip_range
+        self.nfe = 0
+
+    def raw(self, x: Tensor, t: Tensor) -> Tensor:
+        """The network output itself (counted as one function evaluation)."""
+        self.nfe += 1
+        return self.net_fn(x, self.process.network_time(t))
+
+    def __call__(self, x: Tensor, t: Tensor) -> Prediction:
+        x0, eps = self.process.to_x0_eps(self.raw(x, t), x, t, self.prediction_type)
+        if self.clip_range is not None:
+            alpha, sigma = self.process.marginal(t, x.ndim)
+            x0 = x0.clamp(*self.clip_range)
+            eps = (x - alpha.to(x.dtype) * x0) / sigma.to(x.dtype)
+        return Prediction(x0, eps)
+
+    def score(self, x: Tensor, t: Tensor) -> Tensor:
+        """∇_x log p_t(x) = −ε̂ / σ(t) (Song et al. 2021, the ε-network as a score model)."""
+        _, sigma = self.process.marginal(t, x.ndim)
+        return -self(x, t).eps / sigma
+
+
+@dataclass
+class StepState:
+    """What a hook sees after step ``index`` (of ``num_steps``): x now sits at time ``t_next``.
+
+    ``alpha_next``/``sigma_next`` are the marginal there (1 and 0 after the last step), so a hook can
+    noise known pixels to the current level without knowing the process.
+    """
+
+    index: int
+    num_steps: int
+    x: Tensor
+    prediction: Prediction
+    t: Tensor
+    t_next: Tensor
+    alpha_next: Tensor
+    sigma_next: Tensor
+    generator: GeneratorLike = None
+
+
+Hook = Callable[[StepState], Optional[Tensor]]
+
+
+@dataclass
+class SampleOutput:
+    x: Tensor  # the final sample
+    nfe: int  # network function evaluations spent
+
+
+class Sampler:
+    """Base class: a reverse-time loop from x_T to a sample. Subclasses implement ``sample``.
+
+    Args:
+        steps: number of steps (how NFE relates to it is the sampler's business; ``sample`` reports it).
+    """
+
+    def __init__(self, steps: int = 50) -> None:
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}.")
+        self.steps = steps
+
+    def check(self, process: NoiseProcess) -> None:
+        """Raise a ValueError naming the problem when this sampler cannot run on ``process``."""
+
+    def sample(self, denoise: DenoiseFn, x_T: Tensor, generator: GeneratorLike = None,
+               hooks: Sequence[Hook] = ()) -> SampleOutput:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Class path and arguments, for provenance records."""
+        params = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "args", "kwargs")]
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                **{p: getattr(self, p) for p in params if hasattr(self, p)}}
+
+    def __repr__(self) -> str:
+        d = self.describe()
+        d.pop("class_path")
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in d.items())})"
+
+    @staticmethod
+    def run_hooks(hooks: Sequence[Hook], state: StepState) -> Tensor:
+        for hook in hooks:
+            out = hook(state)
+            if out is not None:
+                state.x = out
+        return state.x
 
 
 def spaced_timesteps(num_train_timesteps: int, num_steps: int, spacing: Spacing) -> Tensor:
-    """Descending timesteps to visit; the three spacings of Lin et al. 2024, Table 2 (as in diffusers)."""
+    """Descending timesteps to visit; the three spacings of Lin et al. 2024, Table 2.
+
+    Computed in NumPy float64 and rounded half-to-even, exactly as diffusers does (torch's float64
+    ``arange`` accumulates differently and gives e.g. 937 instead of 936 for trailing, T = 1000, n = 48).
+    """
     if not 1 <= num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}.")
+        raise ValueError(f"steps must be in [1, {num_train_timesteps}] (T of the model), got {num_steps}.")
     T = num_train_timesteps
     if spacing == "leading":
         steps = torch.arange(num_steps) * (T // num_steps)
     elif spacing == "trailing":
-        steps = torch.round(torch.arange(T, 0, -T / num_steps)).long().flip(0) - 1
+        steps = torch.from_numpy(np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64)).flip(0) - 1
     elif spacing == "linspace":
-        steps = torch.linspace(0, T - 1, num_steps).round().long()
+        steps = torch.from_numpy(np.linspace(0, T - 1, num_steps).round().astype(np.int64))
     else:
         raise ValueError(f"Unknown spacing {spacing!r}: choose leading, trailing or linspace.")
     return steps.long().flip(0)
 
 
-@dataclass
-class SamplerOutput:
-    prev_sample: Tensor  # x_{t_prev}
-    pred_x0: Tensor  # x̂_0 used for the step
+class DiscreteSampler(Sampler):
+    """A loop over a subset of DDPM's integer steps; subclasses define one move t → t_prev.
 
-
-class Sampler:
-    """Common machinery: step selection, x̂_0/ε̂ from the network output, optional x̂_0 clipping."""
-
-    def __init__(
-        self,
-        schedule: NoiseSchedule,
-        prediction_type: PredictionType = "epsilon",
-        spacing: Spacing = "leading",
-        clip_range: tuple[float, float] | None = None,
-    ) -> None:
-        self.schedule = schedule
-        self.prediction_type = prediction_type
-        self.spacing = spacing
-        self.clip_range = clip_range
-        self.set_timesteps(schedule.num_timesteps)
-
-    def set_timesteps(self, num_steps: int) -> None:
-        self.num_steps = num_steps
-        self.timesteps = spaced_timesteps(self.schedule.num_timesteps, num_steps, self.spacing)
-        # prev of the last step is −1, whose ᾱ is 1: the clean image.
-        self._prev = dict(zip(self.timesteps.tolist(), self.timesteps[1:].tolist() + [-1]))
-
-    def prev_timestep(self, t: int) -> int:
-        return self._prev[int(t)]
-
-    def add_noise(self, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        return self.schedule.add_noise(x0, noise, t)
-
-    def _predict(self, model_output: Tensor, t: int, xt: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Return (x̂_0, ε̂, ᾱ_t, ᾱ_prev); ε̂ is recomputed from the clipped x̂_0 so the two stay consistent."""
-        tt = torch.full((xt.shape[0],), int(t), device=xt.device, dtype=torch.long)
-        x0, eps = self.schedule.to_x0_eps(model_output, xt, tt, self.prediction_type)
-        ab_t = self.schedule.alpha_bar(tt, xt.ndim).to(xt.dtype)
-        ab_prev = self.schedule.alpha_bar(torch.full_like(tt, self.prev_timestep(t)), xt.ndim).to(xt.dtype)
-        if self.clip_range is not None:
-            x0 = x0.clamp(*self.clip_range)
-            eps = (xt - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()
-        return x0, eps, ab_t, ab_prev
-
-    def step(self, model_output: Tensor, t: int, xt: Tensor, generator: GeneratorLike = None) -> SamplerOutput:
-        raise NotImplementedError
-
-
-class DDPMSampler(Sampler):
-    """Ancestral sampling: x_{t−1} ~ N(μ̃_t(x_t, x̂_0), σ_t² I) with σ_t² = β_t or β̃_t (Ho et al. §3.2).
-
-    Takes ``Sampler``'s arguments (prediction_type, spacing, clip_range) plus ``variance``.
+    Args:
+        steps: steps to visit (≤ T); None visits all T.
+        spacing: ``leading``, ``trailing`` or ``linspace`` step selection (Lin et al. 2024).
     """
 
-    def __init__(self, schedule: NoiseSchedule, variance: Variance = "beta_tilde", **kwargs: Any) -> None:
+    def __init__(self, steps: Optional[int] = 50, spacing: Spacing = "leading") -> None:
+        super().__init__(steps)
+        if spacing not in ("leading", "trailing", "linspace"):
+            raise ValueError(f"Unknown spacing {spacing!r}: choose leading, trailing or linspace.")
+        self.spacing = spacing
+
+    def check(self, process: NoiseProcess) -> None:
+        if not isinstance(process, DiscreteVPProcess):
+            raise ValueError(f"{type(self).__name__} runs on DDPM's discrete process, not {type(process).__name__}; "
+                             "choose an SDE sampler for this model.")
+        if self.steps is not None and not 1 <= self.steps <= process.num_timesteps:
+            raise ValueError(f"{type(self).__name__}(steps={self.steps}) but the model has T = {process.num_timesteps} "
+                             f"steps: choose steps between 1 and {process.num_timesteps}.")
+
+    def timesteps(self, process: DiscreteVPProcess) -> Tensor:
+        return spaced_timesteps(process.num_timesteps, self.steps or process.num_timesteps, self.spacing)
+
+    def step(self, process: DiscreteVPProcess, pred: Prediction, t: int, t_prev: int, x: Tensor,
+             generator: GeneratorLike) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, denoise: DenoiseFn, x_T: Tensor, generator: GeneratorLike = None,
+               hooks: Sequence[Hook] = ()) -> SampleOutput:
+        process = denoise.process
+        self.check(process)
+        ts = self.timesteps(process).tolist()
+        nfe0, x, n = denoise.nfe, x_T, x_T.shape[0]
+        for i, (t, t_prev) in enumerate(zip(ts, ts[1:] + [-1])):
+            tt = torch.full((n,), t, device=x.device, dtype=torch.long)
+            pred = denoise(x, tt)
+            x = self.step(process, pred, t, t_prev, x, generator)
+            if hooks:
+                t_next = torch.full_like(tt, t_prev)
+                alpha, sigma = process.marginal(t_next, x.ndim)
+                x = self.run_hooks(hooks, StepState(i, len(ts), x, pred, tt, t_next, alpha, sigma, generator))
+        return SampleOutput(x, denoise.nfe - nfe0)
+
+    @staticmethod
+    def alpha_bars(process: DiscreteVPProcess, t: int, t_prev: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        return (process.alpha_bar(tt, x.ndim).to(x.dtype),
+                process.alpha_bar(torch.full_like(tt, t_prev), x.ndim).to(x.dtype))
+
+
+class DDPMSampler(DiscreteSampler):
+    """Ancestral sampling: x_{t−1} ~ N(μ̃_t(x_t, x̂_0), σ_t² I) with σ_t² = β_t or β̃_t (Ho et al. §3.2).
+
+    Args:
+        steps: steps to visit; None (default) visits all T, fewer use the respaced process.
+        variance: σ_t² = ``beta`` or ``beta_tilde``.
+        spacing: step selection when steps < T.
+    """
+
+    def __init__(self, steps: Optional[int] = None, variance: Variance = "beta_tilde", spacing: Spacing = "leading") -> None:
         if variance not in ("beta", "beta_tilde"):
             raise ValueError(f"Unknown variance {variance!r}: choose 'beta' or 'beta_tilde'.")
+        super().__init__(steps, spacing)
         self.variance = variance
-        super().__init__(schedule, **kwargs)
 
-    def step(self, model_output: Tensor, t: int, xt: Tensor, generator: GeneratorLike = None) -> SamplerOutput:
-        x0, _, ab_t, ab_prev = self._predict(model_output, t, xt)
+    def step(self, process: DiscreteVPProcess, pred: Prediction, t: int, t_prev: int, x: Tensor,
+             generator: GeneratorLike) -> Tensor:
+        ab_t, ab_prev = self.alpha_bars(process, t, t_prev, x)
         # Respaced one-step process from t to prev: α' = ᾱ_t / ᾱ_prev (Nichol & Dhariwal §4).
         alpha = ab_t / ab_prev
         beta = 1 - alpha
-        mean = (ab_prev.sqrt() * beta * x0 + alpha.sqrt() * (1 - ab_prev) * xt) / (1 - ab_t)  # Eq. 7
-        if self.prev_timestep(t) < 0:  # z = 0 at the last step (Alg. 2, line 4)
-            return SamplerOutput(mean, x0)
+        mean = (ab_prev.sqrt() * beta * pred.x0 + alpha.sqrt() * (1 - ab_prev) * x) / (1 - ab_t)  # Eq. 7
+        if t_prev < 0:  # z = 0 at the last step (Alg. 2, line 4)
+            return mean
         var = beta if self.variance == "beta" else beta * (1 - ab_prev) / (1 - ab_t)
-        return SamplerOutput(mean + var.sqrt() * randn_like(xt, generator), x0)
+        return mean + var.sqrt() * randn_like(x, generator)
 
 
-class DDIMSampler(Sampler):
+class DDIMSampler(DiscreteSampler):
     """Song et al. 2021, Eq. 12. η = 0 is deterministic; η = 1 with every step is DDPM with σ² = β̃.
 
-    Takes ``Sampler``'s arguments (prediction_type, spacing, clip_range) plus ``eta``.
+    Args:
+        steps: steps to visit (≤ T).
+        eta: η of σ_t(η) (Eq. 16).
+        spacing: ``leading``, ``trailing`` or ``linspace``.
     """
 
-    def __init__(self, schedule: NoiseSchedule, eta: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, steps: int = 50, eta: float = 0.0, spacing: Spacing = "leading") -> None:
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}.")
+        super().__init__(steps, spacing)
         self.eta = eta
-        super().__init__(schedule, **kwargs)
 
-    def step(self, model_output: Tensor, t: int, xt: Tensor, generator: GeneratorLike = None) -> SamplerOutput:
-        x0, eps, ab_t, ab_prev = self._predict(model_output, t, xt)
-        # σ_t(η), Song et al. Eq. 16.
-        sigma = self.eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()
-        direction = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps  # "direction pointing to x_t"
-        prev = ab_prev.sqrt() * x0 + direction
-        if self.eta > 0 and self.prev_timestep(t) >= 0:
-            prev = prev + sigma * randn_like(xt, generator)
-        return SamplerOutput(prev, x0)
-
-
-def make_sampler(
-    name: str,
-    schedule: NoiseSchedule,
-    prediction_type: PredictionType = "epsilon",
-    spacing: Spacing = "leading",
-    clip_range: tuple[float, float] | None = None,
-    eta: float = 0.0,
-    variance: Variance = "beta_tilde",
-) -> Sampler:
-    """Build a sampler by name: ``ddpm`` (ancestral) or ``ddim``."""
-    common = dict(prediction_type=prediction_type, spacing=spacing, clip_range=clip_range)
-    if name == "ddpm":
-        return DDPMSampler(schedule, variance=variance, **common)
-    if name == "ddim":
-        return DDIMSampler(schedule, eta=eta, **common)
-    raise ValueError(f"Unknown sampler {name!r}: choose 'ddpm' or 'ddim'.")
-
-
-@dataclass
-class SamplingConfig:
-    """How to draw samples: used by ``predict``, the sample-grid callback and the benchmarks.
-
-    Args:
-        sampler: ``ddim`` or ``ddpm`` (ancestral).
-        steps: number of denoising steps (≤ T).
-        eta: DDIM stochasticity; 0 is deterministic, 1 with every step is DDPM with σ² = β̃.
-        spacing: ``leading``, ``trailing`` or ``linspace`` step selection.
-        variance: DDPM σ² choice, ``beta`` or ``beta_tilde``.
-        guidance_scale: classifier-free guidance weight w (0 = plain conditional model).
-        seed: base seed; sample i uses seed + i, independent of batch size and DDP sharding.
-        labels: classes to draw for class-conditional models, cycled over the samples (sample i gets
-            labels[i % len(labels)]); null uses the data module's labels (i mod num_classes).
-        generation_mode: DiffuseVAE only: ``prior`` or ``reconstruction``; null keeps the model's setting
-            (a checkpoint's model arguments win over --model.* on the command line, so this is the switch).
-    """
-
-    sampler: str = "ddim"
-    steps: int = 50
-    eta: float = 0.0
-    spacing: Spacing = "leading"
-    variance: Variance = "beta_tilde"
-    guidance_scale: float = 0.0
-    seed: int = 0
-    labels: Optional[list[int]] = None
-    generation_mode: Optional[Literal["prior", "reconstruction"]] = None
+    def step(self, process: DiscreteVPProcess, pred: Prediction, t: int, t_prev: int, x: Tensor,
+             generator: GeneratorLike) -> Tensor:
+        ab_t, ab_prev = self.alpha_bars(process, t, t_prev, x)
+        sigma = self.eta * ((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)).sqrt()  # σ_t(η), Eq. 16
+        direction = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * pred.eps  # "direction pointing to x_t"
+        prev = ab_prev.sqrt() * pred.x0 + direction
+        if self.eta > 0 and t_prev >= 0:
+            prev = prev + sigma * randn_like(x, generator)
+        return prev

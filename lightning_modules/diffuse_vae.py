@@ -10,39 +10,26 @@ trained with the usual ε-MSE. Everything diffusion-related (schedules, samplers
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from diffusion.samplers import SamplingConfig
+from lightning_modules.contract import Sampling
 from lightning_modules.ddpm import DDPMModule
 from lightning_modules.hparams import save_config_hparams
 from lightning_modules.reconstruction_eval import ReconstructionEvaluation
 from lightning_modules.vae import VAEModule
+from metrics.checkpoints import read_checkpoint
 
 
 def load_frozen_vae(path: str) -> VAEModule:
     """Load a VAEModule checkpoint in eval mode with gradients off, or explain what is wrong."""
-    ckpt_path = Path(path).expanduser()
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(
-            f"vae_checkpoint {str(ckpt_path)!r} does not exist. Train the VAE first "
-            "(python cli.py fit --config sweeps/vae_mnist.yaml writes runs/vae_mnist/checkpoints/last.ckpt) "
-            "or set --model.init_args.vae_checkpoint to its last.ckpt."
-        )
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ValueError(f"vae_checkpoint {str(ckpt_path)!r} is not a readable checkpoint: {err}") from err
-    class_path = (ckpt.get("hyper_parameters") or {}).get("_class_path", "")
-    if not class_path.endswith("VAEModule") or not any(k.startswith("vae.") for k in ckpt.get("state_dict", {})):
-        raise ValueError(
-            f"vae_checkpoint {str(ckpt_path)!r} is not a VAEModule checkpoint (model class: {class_path or 'unknown'}). "
-            "Point it at the last.ckpt of a `fit --config sweeps/vae_*.yaml` run."
-        )
-    vae = VAEModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+    ckpt_path, _ = read_checkpoint(
+        path, config_key="vae_checkpoint", expect_class="VAEModule", expect_prefix="vae.",
+        how_to_make="Train the VAE first (python cli.py fit --config sweeps/vae_mnist.yaml writes "
+                    "runs/vae_mnist/checkpoints/last.ckpt) and set --model.init_args.vae_checkpoint to its last.ckpt.")
+    vae = VAEModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
     return vae.eval().requires_grad_(False)
 
 
@@ -94,31 +81,35 @@ class DiffuseVAEModule(ReconstructionEvaluation, DDPMModule):
     # ---- conditioning ------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def vae_condition(self, x0: Tensor, batch_idx: int = 0) -> Tensor:
-        """x̂ = clamp(VAE(x)) in value_range (seed 002 Listing 5.9)."""
+    def vae_condition(self, x0: Tensor, batch_idx: int | None = 0) -> Tensor:
+        """x̂ = clamp(VAE(x)) in value_range (seed 002 Listing 5.9); ``batch_idx=None`` draws fresh z noise."""
         return self.vae.reconstruct(x0, batch_idx, use_mean=self.cond_from_mean)
 
     def denoiser_kwargs(self, x0: Tensor, batch_idx: int | None = None) -> dict[str, Any]:
-        return {"cond": self.vae_condition(x0, batch_idx or 0)}
+        """Training (batch_idx None) conditions on fresh reparameterisation noise every step; validation
+        and test are seeded by the batch index."""
+        return {"cond": self.vae_condition(x0, batch_idx)}
 
     @torch.no_grad()
     def prior_condition(self, indices: Tensor, seed: int) -> Tensor:
         """Decoded prior samples, z_i from seed + 500_000 + i (kept apart from the x_T seeds)."""
-        return self.vae.sample_with_config(SamplingConfig(seed=seed + 500_000), indices).to(self.device)
+        return self.vae.generate(indices, sampling=Sampling(seed=seed + 500_000)).to(self.device)
 
     # ---- generation --------------------------------------------------------------------------------
 
-    def sample_with_config(self, config: SamplingConfig, indices: Tensor, labels: Tensor | None = None,
-                           cond: Tensor | None = None, **kwargs: Any) -> Tensor:
+    def generate(self, indices: Tensor, labels: Tensor | None = None, cond: Tensor | None = None,
+                 sampling: Sampling | None = None, **kwargs: Any) -> Tensor:
+        """Refines ``cond`` (VAE reconstructions) or, without it, decoded prior samples; labels are unused."""
+        sampling = sampling or self.sampling
         if cond is None:
-            cond = self.prior_condition(indices, config.seed)
-        return super().sample_with_config(config, indices, None, cond=cond, **kwargs)
+            cond = self.prior_condition(indices, sampling.seed)
+        return super().generate(indices, None, cond, sampling, **kwargs)
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, batch_idx: int = 0) -> Tensor:
         """Refine VAE(x) with the DDPM (``sampling`` settings; per-image seeds follow the batch index)."""
         indices = torch.arange(x.shape[0]) + batch_idx * x.shape[0]
-        return self.sample_with_config(self.sampling, indices, cond=self.vae_condition(x, batch_idx))
+        return self.generate(indices, cond=self.vae_condition(x, batch_idx))
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         indices, labels = batch
@@ -129,7 +120,7 @@ class DiffuseVAEModule(ReconstructionEvaluation, DDPMModule):
             cond = self.vae_condition(x)
         else:
             cond, labels = self.prior_condition(indices, self.sampling.seed), torch.full_like(labels, -1)
-        samples = self.sample_with_config(self.sampling, indices, cond=cond)
+        samples = self.generate(indices, cond=cond)
         return {"samples": samples.cpu(), "index": indices.cpu(), "labels": labels.cpu(), "condition": cond.cpu()}
 
     def provenance(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """``test`` for models that reconstruct their input: seed 002's paired metrics, a JSON/markdown report, W&B.
 
-A mixin: the LightningModule provides ``reconstruct(x, batch_idx) -> x̂`` (both in its value_range),
-``value_range`` and ``provenance()``, and takes ``lpips_weights`` / ``report_dir`` arguments.
+A mixin for ``GenerativeModule``s that also meet the ``Reconstructs`` contract (``reconstruct(x, batch_idx)``)
+and take ``lpips_weights`` / ``report_dir`` arguments.
 """
 
 from __future__ import annotations
@@ -12,18 +12,15 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from callbacks.sample_grid import to_unit_range
-from callbacks.wandb_utils import get_wandb_logger
+from lightning_modules.contract import Reconstructs
+from lightning_modules.wandb_utils import get_wandb_logger
 from metrics.reconstruction import DIRECTIONS, ReconstructionMetrics, lpips_model
 from metrics.report import write_report
 
 
-class ReconstructionEvaluation:
+class ReconstructionEvaluation(Reconstructs):
     lpips_weights: str | None = None
     report_dir: str | None = None
-
-    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        return to_unit_range(x, self.value_range)
 
     def on_test_start(self) -> None:
         net, reason = lpips_model(self.lpips_weights)

@@ -5,18 +5,17 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
-from diffusion.samplers import SamplingConfig
+from lightning_modules.contract import Encodes, GenerativeModule, Sampling
 from lightning_modules.data_checks import check_matches_data
 from lightning_modules.hparams import save_config_hparams
 from lightning_modules.reconstruction_eval import ReconstructionEvaluation
 from networks.vae import kl_divergence, reconstruction_loss
 
 
-class VAEModule(ReconstructionEvaluation, LightningModule):
+class VAEModule(ReconstructionEvaluation, Encodes, GenerativeModule):
     """Variational auto-encoder with an ELBO-style loss, prior sampling and seed 002's evaluation.
 
     Args:
@@ -57,11 +56,6 @@ class VAEModule(ReconstructionEvaluation, LightningModule):
         self.image_shape = (channels, image_size, image_size)
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.lpips_weights, self.report_dir = lpips_weights, report_dir
-        self.num_classes = 0
-
-    def from_unit(self, x: Tensor) -> Tensor:
-        low, high = self.value_range
-        return low + (high - low) * x
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x_rec, mu, logvar = self.vae(self.to_unit(x))
@@ -80,6 +74,7 @@ class VAEModule(ReconstructionEvaluation, LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0]
         parts = self.loss(x)
+        self._last_loss = parts["loss"].detach()
         self.log("train/loss", parts["loss"], prog_bar=True, batch_size=x.shape[0])
         self.log_dict({"train/recon": parts["recon"], "train/kl": parts["kl"]}, batch_size=x.shape[0])
         return parts["loss"]
@@ -90,34 +85,40 @@ class VAEModule(ReconstructionEvaluation, LightningModule):
         self.log_dict({f"val/{k}": v for k, v in parts.items()}, sync_dist=True, batch_size=x.shape[0])
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor, batch_idx: int = 0, use_mean: bool = False) -> Tensor:
-        """VAE(x) in value_range; z is sampled (as in seed 002) unless ``use_mean``."""
+    def reconstruct(self, x: Tensor, batch_idx: int | None = 0, use_mean: bool = False) -> Tensor:
+        """VAE(x) in value_range; z is sampled (as in seed 002) unless ``use_mean``.
+
+        The noise is seeded by ``batch_idx`` (repeatable evaluation); ``batch_idx=None`` draws fresh noise.
+        """
         mu, logvar = self.vae.encode(self.to_unit(x))
-        g = torch.Generator(device=self.device).manual_seed(30_000 + batch_idx)
+        g = None if batch_idx is None else torch.Generator(device=self.device).manual_seed(30_000 + batch_idx)
         z = mu if use_mean else self.vae.sample(mu, logvar, g)
         return self.from_unit(self.vae.decode(z).clamp(0, 1))
+
+    @torch.no_grad()
+    def encode_mean(self, x: Tensor) -> Tensor:
+        return self.vae.encode(self.to_unit(x))[0]
 
     def latent_shape(self) -> tuple[int, int, int]:
         s = self.vae.latent_size(self.image_shape[1])
         return (self.vae.latent_channels, s, s)
 
     @torch.no_grad()
-    def sample_with_config(self, config: SamplingConfig, indices: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Prior samples: z_i ~ N(0, I) from seed config.seed + i, decoded (Algorithm 4)."""
-        z = torch.stack([torch.randn(self.latent_shape(), generator=torch.Generator().manual_seed(config.seed + int(i)))
+    def generate(self, indices: Tensor, labels: Tensor | None = None, cond: Tensor | None = None,
+                 sampling: Sampling | None = None) -> Tensor:
+        """Prior samples: z_i ~ N(0, I) from seed sampling.seed + i, decoded (Algorithm 4); the sampler is unused."""
+        seed = (sampling or self.sampling).seed
+        z = torch.stack([torch.randn(self.latent_shape(), generator=torch.Generator().manual_seed(seed + int(i)))
                          for i in indices]).to(self.device)
         return self.from_unit(self.vae.decode(z).clamp(0, 1))
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         indices, labels = batch
-        samples = self.sample_with_config(getattr(self, "sampling", SamplingConfig()), indices)
+        samples = self.generate(indices)
         return {"samples": samples.cpu(), "index": indices.cpu(), "labels": torch.full_like(labels, -1).cpu()}
 
     def provenance(self) -> dict[str, Any]:
-        return {"model": "VAE", "ema": getattr(self, "weights_are_ema", False), "z": "sampled (reparameterised)"}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.weights_are_ema = "current_model_state" in checkpoint
+        return {**super().provenance(), "model": "VAE", "z": "sampled (reparameterised)", "seed": self.sampling.seed}
 
     def setup(self, stage: str) -> None:
         check_matches_data(self.image_shape, self.value_range, getattr(self.trainer, "datamodule", None))

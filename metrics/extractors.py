@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metrics.checkpoints import read_checkpoint
 from metrics.provenance import sha256_of
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -164,24 +165,16 @@ class ClassifierFeatures(FeatureExtractor):
 
     def __init__(self, checkpoint: str) -> None:
         super().__init__()
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise ExtractorWeightsError(
-                f"Feature-network checkpoint {str(path)!r} does not exist. Train one first, e.g. "
-                "`python cli.py fit --config sweeps/features_fashion_mnist.yaml`, then point checkpoint at "
-                "runs/features_fashion_mnist/checkpoints/last.ckpt."
-            )
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            hp = ckpt["hyper_parameters"]
-            from networks.classifier import FeatureCNN
+        path, ckpt = read_checkpoint(
+            checkpoint, config_key="ClassifierFeatures checkpoint", expect_class="FeatureClassifierModule",
+            expect_prefix="net.", missing_error=ExtractorWeightsError, invalid_error=ExtractorWeightsError,
+            how_to_make="Train one with `python cli.py fit --config sweeps/features_fashion_mnist.yaml` (or "
+                        "features_mnist.yaml) and point checkpoint at runs/features_*/checkpoints/last.ckpt.")
+        hp = ckpt["hyper_parameters"]
+        from networks.classifier import FeatureCNN
 
-            net = FeatureCNN(**{k: hp[k] for k in FeatureCNN.ARGS if k in hp})
-            net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
-        except Exception as err:
-            raise ExtractorWeightsError(
-                f"{path} is not a FeatureClassifierModule checkpoint ({type(err).__name__}: {err})."
-            ) from err
+        net = FeatureCNN(**{k: hp[k] for k in FeatureCNN.ARGS if k in hp})
+        net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")})
         self.net = net
         self.name = f"classifier:{path.name}"
         self.num_features = net.feature_dim

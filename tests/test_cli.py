@@ -8,7 +8,8 @@ import pytest
 import yaml
 from conftest import ROOT, SWEEPS, TINY, run_cli
 
-SHIPPED = sorted(p for p in SWEEPS.glob("*.yaml") if not p.name.endswith(".search.yaml"))
+SHIPPED = sorted(p for p in SWEEPS.glob("*.yaml") if not p.name.endswith(".search.yaml")
+                 and not p.name.startswith(("seed000_", "coigan_")))  # those have their own data; see their tests
 
 
 def test_configs_are_shipped():
@@ -54,6 +55,15 @@ def test_print_config_round_trip(tmp_path):
     assert cli.trainer.global_step == 1
 
 
-def test_mismatched_image_size_gives_a_clear_error():
+def test_mismatched_image_size_gives_a_clear_error_outside_the_cli():
+    """cli.py links the facts; a module built in Python is still checked against its data at setup."""
+    from lightning.pytorch import Trainer
+
+    from datamodules import SyntheticDataModule
+    from lightning_modules import DDPMModule
+    from networks import TinyUNet
+
+    model = DDPMModule(TinyUNet(channels=(8, 16), t_emb_dim=16, num_heads=2), num_timesteps=10, image_size=16)
+    data = SyntheticDataModule(image_size=8, batch_size=4, num_workers=0, num_samples=16)
     with pytest.raises(ValueError, match=r"model.image_size=16 does not match data.image_size=8"):
-        run_cli("fit", "--config", str(TINY), "--trainer.fast_dev_run", "1", "--data.image_size", "8")
+        Trainer(fast_dev_run=1, accelerator="cpu", logger=False).fit(model, data)

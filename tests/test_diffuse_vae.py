@@ -81,14 +81,14 @@ def test_fit_resume_predict_both_modes_and_test_report(vae_ckpt):
         if k.startswith("vae."):
             assert torch.equal(v, vae_weights[k]), k  # still frozen after resume
     for mode in ("prior", "reconstruction"):
-        run_cli("predict", "--config", str(TINY_DVAE), "--ckpt_path", last, "--sampling.steps", "3",
+        run_cli("predict", "--config", str(TINY_DVAE), "--ckpt_path", last, "--sampling.sampler.steps", "3",
                 "--sampling.generation_mode", mode, "--predict_dir", mode)
         data = np.load(f"{mode}/samples_rank0.npz")
         assert data["samples"].shape == (4, 1, 16, 16)
         assert json.loads(str(data["provenance"]))["generation_mode"] == mode
-    run_cli("test", "--config", str(TINY_DVAE), "--ckpt_path", last, "--sampling.steps", "4")
+    run_cli("test", "--config", str(TINY_DVAE), "--ckpt_path", last, "--sampling.sampler.steps", "4")
     report = json.loads(Path("dvae_run/eval/DiffuseVAE_synthetic.json").read_text())
-    assert report["provenance"]["sampling"]["steps"] == 4 and report["provenance"]["ema"] is True
+    assert report["provenance"]["sampling"]["sampler"]["steps"] == 4 and report["provenance"]["ema"] is True
     assert set(report["metrics"]) == {"mse", "psnr", "ssim", "mae", "edge_sim", "hist_sim"}
 
 

@@ -23,7 +23,8 @@ def metrics_overlay(path: Path, extractor: dict, **kwargs) -> Path:
     import yaml
 
     init = {"extractor": extractor, "metrics": ["fid", "kid", "is", "precision_recall"], "every_n_epochs": 1,
-            "num_samples": 24, "test_num_samples": 24, "reference_split": "test", "steps": 3, "batch_size": 10,
+            "num_samples": 24, "test_num_samples": 24, "reference_split": "test", "batch_size": 10,
+            "sampling": {"sampler": {"class_path": "diffusion.DDIMSampler", "init_args": {"steps": 3}}},
             "kid_subsets": 5, "kid_subset_size": 10, "cache_dir": "cache", **kwargs}
     path.write_text(yaml.safe_dump({"generation_metrics": {"class_path": "callbacks.GenerationMetricsCallback",
                                                            "init_args": init}}))
@@ -58,12 +59,14 @@ def test_ddpm_fit_logs_metrics_and_test_writes_a_full_report(classifier_ckpt, tm
     assert len(list(Path("cache").glob("synthetic_test_*.pt"))) == 1  # real features cached once
 
     run_cli("test", "--config", str(TINY), "--config", str(overlay), "--ckpt_path", "run/checkpoints/last.ckpt",
-            "--sampling.sampler", "ddpm", "--sampling.steps", "5", "--sampling.seed", "3", *QUIET)
+            "--sampling.sampler", "DDPMSampler", "--sampling.sampler.steps", "5", "--sampling.seed", "3", *QUIET)
     report = json.loads(Path("run/eval/generation_metrics.json").read_text())
     assert report["checkpoint"] == "run/checkpoints/last.ckpt" and len(report["checkpoint_sha256"]) == 64
     assert report["ema"] is True
-    assert report["sampling"]["sampler"] == "ddpm" and report["sampling"]["steps"] == 5 and report["sampling"]["seed"] == 3
-    assert {"eta", "guidance_scale"} <= set(report["sampling"])
+    sampler = report["sampling"]["sampler"]
+    assert sampler["class_path"].endswith("DDPMSampler") and sampler["steps"] == 5 and report["sampling"]["seed"] == 3
+    assert {"variance", "spacing"} <= set(sampler) and "guidance_scale" in report["sampling"]
+    assert report["nfe_per_sample"] == 5
     assert report["num_samples"] == 24
     assert report["reference"]["split"] == "test" and report["reference"]["count"] == 16
     assert report["reference"]["cache_hit"] is True
@@ -80,7 +83,7 @@ def test_sampler_settings_change_the_score_and_a_seed_reproduces_it(classifier_c
     results = []
     for steps in ("3", "3", "6"):
         run_cli("test", "--config", str(TINY), "--config", str(overlay), "--ckpt_path", "run/checkpoints/last.ckpt",
-                "--sampling.steps", steps, *QUIET)
+                "--sampling.sampler.steps", steps, *QUIET)
         results.append(json.loads(Path("run/eval/generation_metrics.json").read_text())["results"]["fid"])
     assert results[0] == results[1] and results[0] != results[2]
 

@@ -70,10 +70,11 @@ def test_module_guidance_w0_equals_conditional_prediction():
 
 def test_sample_is_reproducible_and_batch_independent():
     m = DDPMModule(_perturbed(TinyUNet(channels=(8, 16), t_emb_dim=16)), num_timesteps=50).eval()
-    from diffusion.samplers import SamplingConfig
+    from diffusion import DDPMSampler
+    from lightning_modules.contract import Sampling
 
-    cfg = SamplingConfig(sampler="ddpm", steps=10, seed=3)
-    a = m.sample_with_config(cfg, torch.arange(4))
-    b = m.sample_with_config(cfg, torch.arange(2, 4))
+    cfg = Sampling(DDPMSampler(10), seed=3)
+    a = m.generate(torch.arange(4), sampling=cfg)
+    b = m.generate(torch.arange(2, 4), sampling=cfg)
     assert torch.allclose(a[2:], b, atol=1e-5)
     assert a.min() >= 0 and a.max() <= 1  # clipped to value_range

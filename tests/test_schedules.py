@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from diffusion.schedules import NoiseSchedule, cosine_betas, linear_betas
+from diffusion.processes import DiscreteVPProcess as NoiseSchedule
+from diffusion.schedules import cosine_betas, linear_betas
 
 SCHEDULES = [dict(schedule="linear", beta_start=1e-4, beta_end=0.024), dict(schedule="cosine")]
 

@@ -83,7 +83,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint():
     cli_main(["fit", "--config", str(TINY), "--trainer.max_epochs", "1"])
     last = Path("run/checkpoints/last.ckpt")
     digest = hashlib.sha256(last.read_bytes()).hexdigest()
-    with pytest.raises(NonFiniteLossError, match=r"Training loss is nan \(gradient norm nan\) at global step 4"):
+    with pytest.raises(NonFiniteLossError, match=r"Training loss is nan \(gradient norm nan\) at iteration 5 \(global step 4"):
         cli_main(["fit", "--config", str(TINY), "--trainer.max_epochs", "3", "--ckpt_path", str(last),
                   "--trainer.enable_progress_bar", "false"],
                  trainer_defaults={"callbacks": [_PoisonAt(4)]})
@@ -95,19 +95,21 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint():
 def test_predict_writes_npz_and_grid_with_provenance(tmp_path):
     run_cli("fit", "--config", str(TINY))
     run_cli("predict", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt",
-            "--sampling.sampler", "ddpm", "--sampling.steps", "4", "--sampling.guidance_scale", "2.0",
+            "--sampling.sampler", "DDPMSampler", "--sampling.sampler.steps", "4", "--sampling.guidance_scale", "2.0",
             "--predict_dir", "out")
     data = np.load("out/samples_rank0.npz")
     assert data["samples"].shape == (6, 1, 16, 16)
     assert data["samples"].min() >= -1 and data["samples"].max() <= 1
     assert data["labels"].tolist() == [0, 1, 2, 3, 4, 5]
     prov = json.loads(str(data["provenance"]))
-    assert prov["ema"] is True and prov["sampling"]["steps"] == 4 and prov["sampling"]["sampler"] == "ddpm"
+    sampler = prov["sampling"]["sampler"]
+    assert prov["ema"] is True and sampler["steps"] == 4 and sampler["class_path"].endswith("DDPMSampler")
+    assert prov["nfe"] == 4
     assert prov["sampling"]["guidance_scale"] == 2.0 and prov["ckpt_path"].endswith("last.ckpt")
     assert Path("out/grid_rank0.png").stat().st_size > 0
     # Same seed, same samples.
     run_cli("predict", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt",
-            "--sampling.sampler", "ddpm", "--sampling.steps", "4", "--sampling.guidance_scale", "2.0",
+            "--sampling.sampler", "DDPMSampler", "--sampling.sampler.steps", "4", "--sampling.guidance_scale", "2.0",
             "--predict_dir", "out2", "--data.batch_size", "4")
     assert np.allclose(np.load("out2/samples_rank0.npz")["samples"], data["samples"], atol=1e-5)
 
@@ -122,7 +124,7 @@ def test_fit_writes_sample_grids_and_logs_metrics():
 
 def test_predict_with_chosen_labels_and_validate_test_subcommands():
     run_cli("fit", "--config", str(TINY))
-    run_cli("predict", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt", "--sampling.steps", "2",
+    run_cli("predict", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt", "--sampling.sampler.steps", "2",
             "--sampling.labels", "[7, 3]", "--predict_dir", "out")
     assert np.load("out/samples_rank0.npz")["labels"].tolist() == [7, 3, 7, 3, 7, 3]
     cli = run_cli("test", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt")

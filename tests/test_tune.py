@@ -21,6 +21,7 @@ from conftest import ROOT, TINY, run_cli
 from optuna.trial import TrialState
 
 from tuning.search_space import SearchSpaceError, load_search_space
+from tuning.trial_config import load_configs
 from tuning.tune import tune_main
 
 SEARCH = ROOT / "tests" / "configs" / "tiny.search.yaml"
@@ -104,7 +105,7 @@ def test_shipped_search_files_match_seed_002():
     assert (kl.low, kl.high, kl.log) == (1e-6, 1e-2, True)
     for name in ("ddpm_mnist", "vae_mnist", "ddpm_mnist_cpu"):  # every parameter path exists in its base config
         space = load_search_space(ROOT / "sweeps" / f"{name}.search.yaml")
-        base = yaml.safe_load((ROOT / "sweeps" / f"{name}.yaml").read_text())
+        base = load_configs([str(ROOT / "sweeps" / f"{name}.yaml")])
         for p in space.params:
             node = base
             for key in p.path.split("."):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, run_cli_subprocess
 
-from callbacks.wandb_utils import choose_wandb_mode
+from lightning_modules.wandb_utils import choose_wandb_mode
 
 
 def test_no_credentials_means_offline(monkeypatch, tmp_path):

@@ -17,10 +17,21 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def expand_blocks(config: dict, base_dir: Path) -> dict:
+    """Replace top-level values that are paths to YAML blocks (``model: blocks/x.yaml``, relative to the
+    config file, as jsonargparse reads them) by the blocks' contents, so dotted search paths reach inside."""
+    out = dict(config)
+    for key, value in config.items():
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")) and (base_dir / value).is_file():
+            out[key] = yaml.safe_load((base_dir / value).read_text()) or {}
+    return out
+
+
 def load_configs(paths: list[str]) -> dict:
     config: dict = {}
     for path in paths:
-        config = deep_merge(config, yaml.safe_load(Path(path).read_text()) or {})
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        config = deep_merge(config, expand_blocks(loaded, Path(path).resolve().parent))
     return config
 
 
@@ -51,10 +62,12 @@ def apply_params(base: dict, overrides: dict[str, Any]) -> dict:
 
 def trial_config(base: dict, overrides: dict[str, Any], run_dir: Path, study_name: str, number: int,
                  params: dict[str, Any]) -> dict:
-    """A runnable config whose outputs all land in ``run_dir``, never in the base run's folders."""
+    """A runnable config whose outputs all land in ``run_dir``, never in the base run's folders; its
+    ``tuning.trial.OptunaTrial`` callback reports to the study."""
     config = apply_params(base, overrides)
     trainer = config.setdefault("trainer", {})
     trainer["default_root_dir"] = str(run_dir)
+    trainer["callbacks"] = [*(trainer.get("callbacks") or []), {"class_path": "tuning.trial.OptunaTrial"}]
     for cb in trainer.get("callbacks") or []:
         if isinstance(cb, dict) and cb.get("class_path", "").endswith("ModelCheckpoint"):
             cb.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")

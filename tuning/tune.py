@@ -220,7 +220,7 @@ def log_summary_to_wandb(base: dict, study: optuna.Study, info: dict, study_dir:
     logger = logger[0] if isinstance(logger, list) and logger else logger
     if not isinstance(logger, dict) or "Wandb" not in logger.get("class_path", ""):
         return
-    from callbacks.wandb_utils import choose_wandb_mode
+    from lightning_modules.wandb_utils import choose_wandb_mode
 
     choose_wandb_mode()
     if os.environ.get("WANDB_MODE") == "disabled":

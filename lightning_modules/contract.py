@@ -1,0 +1,163 @@
+"""The generative-module contract: what callbacks, the CLI and benchmarks may rely on.
+
+Every generative LightningModule (DDPM, DiffuseVAE, VAE, and later U-ViT runs and COIGAN) subclasses
+``GenerativeModule`` and fills in:
+
+- ``image_shape`` (C, H, W), ``value_range`` (low, high) and ``num_classes`` (0 = unconditional);
+- ``generate(indices, labels=None, cond=None, sampling=None)``: one image per index, sample i seeded by
+  ``sampling.seed + i`` so results do not depend on batch size or DDP sharding;
+- ``provenance()``: what produced a set of samples (EMA or not, sampler, steps, NFE, …);
+- ``check_sampling(sampling)``: refuse settings the model cannot honour, before any training.
+
+The base class also gives every module the same non-finite guard (automatic optimisation: before each
+update; manual optimisation: ``check_finite``), an iteration counter that counts training batches
+rather than optimizer steps (Lightning's ``global_step`` counts every ``optimizer.step()``, Lightning
+#17958), ``weights_are_ema`` and the value-range conversions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Literal, Optional
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from diffusion.samplers import DDIMSampler, Sampler
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss or the gradients stop being finite; the run stops before any bad update."""
+
+
+def _default_sampler() -> Sampler:
+    return lazy_instance(DDIMSampler, steps=50)
+
+
+@dataclass
+class Sampling:
+    """How to draw samples: one object for ``predict``/``test`` (``--sampling.*``), ``SampleGrid``, the
+    metrics callback and the benchmarks.
+
+    Args:
+        sampler: a ``diffusion.Sampler`` by class_path with its own arguments, e.g.
+            ``--sampling.sampler DDIMSampler --sampling.sampler.steps 50 --sampling.sampler.eta 0``.
+            Models without a reverse process (the VAE) ignore it.
+        guidance_scale: classifier-free guidance weight w (0 = plain conditional model).
+        seed: base seed; sample i uses seed + i, independent of batch size and DDP sharding.
+        labels: classes to draw for class-conditional models, cycled over the samples (sample i gets
+            labels[i % len(labels)]); null uses i mod num_classes.
+        generation_mode: DiffuseVAE only: ``prior`` or ``reconstruction``; null keeps the model's setting.
+    """
+
+    sampler: Sampler = field(default_factory=_default_sampler)
+    guidance_scale: float = 0.0
+    seed: int = 0
+    labels: Optional[list[int]] = None
+    generation_mode: Optional[Literal["prior", "reconstruction"]] = None
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready record of every setting, the sampler's class and arguments included."""
+        out = asdict(self) if not isinstance(self.sampler, Sampler) else {
+            **{k: v for k, v in self.__dict__.items() if k != "sampler"}, "sampler": self.sampler.describe()}
+        return out
+
+    def labels_for(self, indices: Tensor, num_classes: int) -> Tensor | None:
+        """Labels of samples ``indices``: the cycled ``labels`` list, else i mod num_classes; None if unconditional."""
+        if not num_classes:
+            return None
+        if self.labels:
+            chosen = torch.tensor(self.labels, device=indices.device)
+            return chosen[indices % len(chosen)]
+        return indices % num_classes
+
+
+class GenerativeModule(LightningModule):
+    """Base class of genlab's generative modules (see the module docstring for the contract)."""
+
+    image_shape: tuple[int, int, int]
+    value_range: tuple[float, float]
+    num_classes: int = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sampling = Sampling()  # used by predict and test; the CLI's --sampling sets it
+        self.weights_are_ema = False  # set when a checkpoint with EMA weights is loaded
+        self.iterations = 0  # training batches started so far (each may take several optimizer steps)
+
+    # ---- what subclasses implement -----------------------------------------------------------------
+
+    def generate(self, indices: Tensor, labels: Tensor | None = None, cond: Tensor | None = None,
+                 sampling: Sampling | None = None) -> Tensor:
+        """Images (len(indices), C, H, W) in ``value_range``; sample i is seeded by sampling.seed + i."""
+        raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any]:
+        """What produced a set of samples, for reports and file metadata."""
+        return {"model": type(self).__name__, "ema": self.weights_are_ema}
+
+    def check_sampling(self, sampling: Sampling) -> None:
+        """Raise a ValueError naming the problem when ``sampling`` cannot be honoured by this model."""
+
+    # ---- shared behaviour --------------------------------------------------------------------------
+
+    def to_unit(self, x: Tensor) -> Tensor:
+        """Map ``value_range`` to [0, 1]."""
+        low, high = self.value_range
+        return (x - low) / (high - low)
+
+    def from_unit(self, x: Tensor) -> Tensor:
+        low, high = self.value_range
+        return low + (high - low) * x
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.iterations += 1
+
+    def check_finite(self, loss: Tensor, parameters: Iterable[torch.nn.Parameter] | None = None) -> None:
+        """Raise ``NonFiniteLossError`` when the loss or the gradients of ``parameters`` are not finite.
+
+        Automatic optimisation calls it before every update; manual optimisation calls it before each
+        ``optimizer.step()``. One fused norm, one host sync.
+        """
+        grads = [p.grad for p in (parameters if parameters is not None else self.parameters()) if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+        if torch.isfinite(loss.detach()).all() and torch.isfinite(norm):
+            return
+        raise NonFiniteLossError(
+            f"Training loss is {float(loss.detach().float().mean())} (gradient norm {float(norm)}) at iteration "
+            f"{self.iterations} (global step {self.global_step}, epoch {self.current_epoch}). The run was stopped before "
+            "the update; the last checkpoint "
+            "on disk is from before this step. Try a lower learning rate (--model.init_args.optimizer.init_args.lr), "
+            "gradient clipping (--trainer.gradient_clip_val 1.0) or a warm-up (--model.init_args.lr_schedule.warmup_steps)."
+        )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.automatic_optimization:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            self.check_finite(getattr(self, "_last_loss", torch.zeros(())), params)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["genlab_iterations"] = self.iterations
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # WeightAveraging puts the EMA weights in state_dict and the raw ones in current_model_state.
+        self.weights_are_ema = "current_model_state" in checkpoint
+        self.iterations = int(checkpoint.get("genlab_iterations", checkpoint.get("global_step", 0)))
+
+
+class Reconstructs:
+    """Contract extension: a module that maps an image to its reconstruction (VAE, DiffuseVAE)."""
+
+    def reconstruct(self, x: Tensor, batch_idx: int = 0) -> Tensor:
+        """x̂ for images x, both in ``value_range``; seeded by ``batch_idx`` so evaluation is repeatable."""
+        raise NotImplementedError
+
+
+class Encodes:
+    """Contract extension: a module with a latent space (VAE)."""
+
+    def encode_mean(self, x: Tensor) -> Tensor:
+        """The posterior means μ(x) of images x in ``value_range``, (B, ...)."""
+        raise NotImplementedError
