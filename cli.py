@@ -59,6 +59,7 @@ class GenLabCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         choose_wandb_mode()
         config = self.config[self.subcommand] if self.subcommand else self.config
+        check_ckpt_path(config.get("ckpt_path"))
         link_data_facts(config)
         derive_run_dirs(config)
 
@@ -73,6 +74,9 @@ class GenLabCLI(LightningCLI):
             rank_zero_info(f"Sampling with {sampling.describe()}")
 
     def before_predict(self) -> None:
+        if getattr(self.datamodule, "num_predict_samples", None) == 0:
+            raise SystemExit("error: predict would write nothing: data.init_args.num_predict_samples is 0; "
+                             "set --data.init_args.num_predict_samples 100.")
         self._apply_sampling()
         config = self.config[self.subcommand]
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
@@ -149,6 +153,14 @@ def link_data_facts(config: Namespace) -> None:
         _link(sub, LINKED_SUB_KEYS, facts, f"model.init_args.{name}")
 
 
+def check_ckpt_path(ckpt_path: str | None) -> None:
+    """A missing --ckpt_path is one clear line, not a traceback after the model was built."""
+    if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry") and "://" not in str(ckpt_path) \
+            and not Path(ckpt_path).is_file():
+        raise SystemExit(f"error: --ckpt_path {ckpt_path} does not exist. `fit` of the same config writes "
+                         "runs/<run name>/checkpoints/last.ckpt (the run name is the config file's name).")
+
+
 def derive_run_dirs(config: Namespace) -> None:
     """One run name → default_root_dir, the W&B run's name, group and files, and the checkpoint folder."""
     trainer = config.get("trainer")
@@ -196,6 +208,11 @@ def main(argv: list[str] | None = None) -> None:
         from tuning.tune import tune_main
 
         tune_main(argv[1:])
+    elif argv[:1] in (["-h"], ["--help"]):
+        try:
+            cli_main(argv)
+        finally:
+            print("\nand:\n  tune                Run an Optuna study whose trials are fit runs (python cli.py tune --help).")
     else:
         cli_main(argv)
 

@@ -2,7 +2,7 @@
 
 Random weights (timing does not depend on them). Each measurement is a loop of ``steps`` network forwards
 plus the deterministic DDIM update (spec §1.3, Eq. 1.17, η = 0; linear β 1e-4 → 0.02, T = 1000, "leading"
-spacing), written inline here; it is meant to move to the project's sampler. Timing: one warm-up loop,
+spacing), run by the project's ``diffusion.DDIMSampler``. Timing: one warm-up loop,
 then the median of ``--repeats`` rounds, with CUDA synchronisation; seconds per image = loop time / batch.
 Rounds are interleaved (each model and step count once per round) so a busy machine slows all alike.
 FLOPs per step are counted once per model at the benchmark size and at 256×256 with
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import statistics
 import sys
@@ -33,6 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, write_result  # noqa: E402
+from diffusion import DDIMSampler, DenoiseFn  # noqa: E402
+from diffusion.processes import DiscreteVPProcess  # noqa: E402
 from networks.unet2d import UNet2D  # noqa: E402
 from networks.uvit import UViT  # noqa: E402
 
@@ -78,27 +79,17 @@ def uvit_flops_analytic(d: int, tokens: int, depth: int = 12, patch: int = 16, c
     return blocks + skips + patch_io + time_mlp + 2 * 9 * channels * channels * tokens * patch * patch
 
 
-def ddim_tables(steps: int, num_timesteps: int = 1000) -> list[tuple[int, float, float, float, float]]:
-    """Per step (t, √ᾱ_t, √(1−ᾱ_t), √ᾱ_prev, √(1−ᾱ_prev)) for "leading" spacing with ᾱ before the first step = 1."""
-    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, num_timesteps, dtype=torch.float64), 0).tolist()
-    ratio = num_timesteps // steps
-    rows = []
-    for t in reversed(range(0, ratio * steps, ratio)):
-        a, a_prev = alpha_bar[t], alpha_bar[t - ratio] if t - ratio >= 0 else 1.0
-        rows.append((t, math.sqrt(a), math.sqrt(1 - a), math.sqrt(a_prev), math.sqrt(1 - a_prev)))
-    return rows
+PROCESS = DiscreteVPProcess("linear", 1000, 1e-4, 0.02)
 
 
 @torch.no_grad()
 def ddim_loop(net: nn.Module, x: torch.Tensor, steps: int, autocast: contextlib.AbstractContextManager) -> torch.Tensor:
-    """x_T → x_0 with η = 0: x̂0 = (x − √(1−ᾱ_t) ε)/√ᾱ_t; x_prev = √ᾱ_prev x̂0 + √(1−ᾱ_prev) ε (Eq. 1.17)."""
-    t_batch = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
-    for t, sa, s1a, sa_prev, s1a_prev in ddim_tables(steps):
+    """x_T → x_0 with the project's DDIM sampler (η = 0, leading spacing), the network under ``autocast``."""
+    def net_fn(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with autocast:
-            eps = net(x, t_batch.fill_(t)).float()
-        x0 = (x - s1a * eps) / sa
-        x = sa_prev * x0 + s1a_prev * eps
-    return x
+            return net(xt, t).float()
+
+    return DDIMSampler(steps).sample(DenoiseFn(net_fn, PROCESS.to(x.device)), x).x
 
 
 def _sync(device: str) -> None:
@@ -216,7 +207,7 @@ def main() -> None:
         "date": hw["date"], "torch": torch.__version__,
         "settings": {"image_size": args.image_size, "steps": args.steps, "batch_sizes": args.batch_sizes,
                      "variants": args.variants, "repeats": args.repeats, "warmup_loops": 1,
-                     "sampler": "DDIM eta=0, leading spacing, linear beta 1e-4..0.02, T=1000, inline update",
+                     "sampler": "diffusion.DDIMSampler eta=0, leading spacing, linear beta 1e-4..0.02, T=1000",
                      "weights": "random", "uvit_patch": 16},
         "parameters": params, "flops_per_step": flops, "uvit_flops_analytic_at_benchmark_size": uvit_check,
         "load_average_1_5_15_min": {"start": load_before, "end": os.getloadavg()},

@@ -112,7 +112,14 @@ class ImageDataModule(LightningDataModule):
         self.info.update(image_size=self.image_size, value_range=list(self.value_range))
 
     def dataset(self, split: str) -> InMemoryImages:
+        """``train``, ``val``, ``test``, or ``all`` (the three together, e.g. seed 000's FID reference set)."""
         self.setup()
+        if split == "all" and "all" not in self._splits:
+            parts = [self._splits[k] for k in ("train", "val", "test")]
+            self._splits["all"] = InMemoryImages(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                                                 self.value_range)
+        if split not in self._splits:
+            raise ValueError(f"unknown split {split!r}: choose train, val, test or all.")
         return self._splits[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:

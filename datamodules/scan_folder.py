@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from pathlib import Path
-from typing import Optional, Any, Literal
+from typing import Any, Literal, Optional
 
 import albumentations as A
 import numpy as np

@@ -22,7 +22,7 @@ from diffusion.samplers import DenoiseFn, Hook, SampleOutput, Sampler
 from lightning_modules.contract import GenerativeModule, NonFiniteLossError, Sampling
 from lightning_modules.data_checks import check_matches_data
 from lightning_modules.hparams import save_config_hparams
-from lightning_modules.lr_schedule import LRSchedule
+from lightning_modules.lr_schedule import LRSchedule, check_learning_rates
 from networks.denoiser import Denoiser, check_denoiser
 
 __all__ = ["DDPMModule", "NonFiniteLossError"]
@@ -240,6 +240,7 @@ class DDPMModule(GenerativeModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.denoiser.parameters())
+        check_learning_rates(optimizer)
         if self.lr_schedule.is_constant:
             return optimizer
         scheduler = self.lr_schedule.build(optimizer, int(self.trainer.estimated_stepping_batches) if self._trainer else None)

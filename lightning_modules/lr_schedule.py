@@ -58,8 +58,15 @@ class LRSchedule:
         total = self.total_steps or total_steps
         if self.decay == "cosine" and not total:
             raise ValueError("a cosine LR schedule needs its length: set lr_schedule.total_steps or trainer.max_steps.")
-        base = [group["lr"] for group in optimizer.param_groups]
-        if any(b <= 0 for b in base):
-            raise ValueError(f"learning rate must be > 0, got {base}: set model.init_args.optimizer.init_args.lr.")
+        base = check_learning_rates(optimizer)
         lambdas = [lambda s, b=b: self.lr_at(s, b, int(total or 0)) / b for b in base]
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
+
+
+def check_learning_rates(optimizer: torch.optim.Optimizer) -> list[float]:
+    """The optimizer's learning rates; a zero or negative one is an error, since it would train silently."""
+    base = [group["lr"] for group in optimizer.param_groups]
+    if any(not b > 0 for b in base):
+        raise ValueError(f"learning rate must be > 0, got {base}: set model.init_args.optimizer.init_args.lr "
+                         "(on the command line as --model.init_args.optimizer.init_args.lr=1e-4).")
+    return base

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from lightning_modules.contract import Encodes, GenerativeModule, Sampling
 from lightning_modules.data_checks import check_matches_data
 from lightning_modules.hparams import save_config_hparams
+from lightning_modules.lr_schedule import check_learning_rates
 from lightning_modules.reconstruction_eval import ReconstructionEvaluation
 from networks.vae import kl_divergence, reconstruction_loss
 
@@ -124,4 +125,6 @@ class VAEModule(ReconstructionEvaluation, Encodes, GenerativeModule):
         check_matches_data(self.image_shape, self.value_range, getattr(self.trainer, "datamodule", None))
 
     def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.vae.parameters())
+        optimizer = self.optimizer_factory(self.vae.parameters())
+        check_learning_rates(optimizer)
+        return optimizer

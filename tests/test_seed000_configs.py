@@ -39,3 +39,13 @@ def test_a_missing_scan_folder_names_the_config_key():
 
     with pytest.raises(DataError, match="data.init_args.root is required"):
         run_cli("fit", "--config", str(SEED000[0]), "--trainer.fast_dev_run", "1")
+
+
+def test_all_split_spans_train_val_and_test():
+    from datamodules import SyntheticDataModule
+
+    dm = SyntheticDataModule(image_size=8, num_samples=40, batch_size=4, num_workers=0)
+    sizes = [len(dm.dataset(s)) for s in ("train", "val", "test")]
+    assert len(dm.dataset("all")) == sum(sizes)
+    with pytest.raises(ValueError, match="unknown split"):
+        dm.dataset("holdout")
