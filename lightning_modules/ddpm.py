@@ -230,8 +230,8 @@ class DDPMModule(GenerativeModule):
     def provenance(self) -> dict[str, Any]:
         return {**super().provenance(), "sampling": self.sampling.describe(), "nfe": self.last_nfe,
                 "process": f"{type(self.process).__name__}({self.process.extra_repr()})",
-                "schedule": getattr(self.process, "schedule", None), "num_timesteps": getattr(self.process, "num_timesteps", None),
-                "prediction_type": self.prediction_type}
+                "schedule": getattr(self.process, "schedule", None),
+                "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type}
 
     # ---- Lightning plumbing ------------------------------------------------------------------------
 
