@@ -19,11 +19,13 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 
 import callbacks  # noqa: F401 - registers short class names for configs
 import datamodules  # noqa: F401
 import lightning_modules  # noqa: F401
+from callbacks.checkpointing import AtomicCheckpointIO
 from callbacks.generation_metrics import GenerationMetricsCallback
 from callbacks.sample_writer import SampleWriter
 from lightning_modules.contract import GenerativeModule, Sampling
@@ -54,6 +56,10 @@ class GenLabCLI(LightningCLI):
         # Top-level callbacks (generation_metrics) are optional: drop the ones a config leaves out.
         extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        plugins = trainer_config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic checkpoint writes for every run
+            trainer_config["plugins"] = [*plugins, AtomicCheckpointIO()]
         return self._instantiate_trainer(trainer_config, [cb for cb in extra if cb is not None])
 
     def before_instantiate_classes(self) -> None:

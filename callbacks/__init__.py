@@ -1,6 +1,7 @@
 """Lightning callbacks: EMA, sample and reconstruction grids, latent t-SNE, run info, prediction writing,
 generation metrics (FID/KID/IS/precision-recall)."""
 
+from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from callbacks.ema import EMA
 from callbacks.generation_metrics import GenerationMetricsCallback
 from callbacks.latent_tsne import LatentTSNE
@@ -9,4 +10,4 @@ from callbacks.run_info import RunInfo
 from callbacks.sample_grid import SampleGrid
 from callbacks.sample_writer import SampleWriter
 
-__all__ = ["EMA", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter", "GenerationMetricsCallback"]
+__all__ = ["EMA", "LastCheckpoint", "AtomicCheckpointIO", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter", "GenerationMetricsCallback"]

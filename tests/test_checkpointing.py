@@ -1,0 +1,100 @@
+"""last.ckpt on a cadence and on SIGTERM, written atomically even when killed mid-write."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT, TINY, run_cli_subprocess
+from lightning.pytorch import Callback
+
+from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from cli import cli_main
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {root!r})
+    from callbacks.checkpointing import AtomicCheckpointIO
+    io, version = AtomicCheckpointIO(), 0
+    while True:
+        version += 1
+        io.save_checkpoint({{"version": version, "payload": torch.full((8_000_000,), float(version))}}, {path!r})
+        print(version, flush=True)
+""")
+
+
+def test_a_kill_during_the_write_leaves_the_old_or_the_new_file(tmp_path):
+    """TMPDIR on another filesystem (tmpfs /dev/shm) used to turn the final move into a copy in place."""
+    target = tmp_path / "ckpt" / "last.ckpt"
+    env = {**os.environ, "TMPDIR": "/dev/shm" if Path("/dev/shm").is_dir() else str(tmp_path)}
+    for kill_after in (0.05, 0.3, 0.7):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT), path=str(target))],
+                                stdout=subprocess.PIPE, text=True, env=env)
+        proc.stdout.readline()  # one complete checkpoint exists
+        time.sleep(kill_after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = torch.load(target, weights_only=True)  # never truncated, never empty
+        assert state["payload"][0].item() == state["payload"][-1].item() == state["version"]
+    AtomicCheckpointIO().save_checkpoint({"version": -1}, target)
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # stale temporary files are cleaned up
+
+
+class _CrashAt(Callback):
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.iterations + 1 == self.iteration:
+            raise RuntimeError("simulated crash")
+
+
+def test_last_checkpoint_on_a_step_cadence_survives_a_crash():
+    cadence = LastCheckpoint(dirpath="lc", every_n_steps=2, every_n_minutes=None)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        cli_main(["fit", "--config", str(TINY), "--trainer.max_epochs", "5", "--trainer.limit_val_batches", "0"],
+                 trainer_defaults={"callbacks": [cadence, _CrashAt(6)]})
+    assert cadence.saved_at == [2, 4]
+    assert torch.load("lc/last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_last_checkpoint_on_a_time_cadence():
+    cadence = LastCheckpoint(dirpath="lc", every_n_minutes=1e-6)
+    cli_main(["fit", "--config", str(TINY), "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0"],
+             trainer_defaults={"callbacks": [cadence]})
+    assert cadence.saved_at == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_checkpoint_and_stops(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["trainer"].update(max_epochs=1000, limit_train_batches=3, limit_val_batches=0, enable_progress_bar=False)
+    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"] if "ModelCheckpoint" not in c["class_path"]]
+    config["trainer"]["callbacks"].append({"class_path": "callbacks.LastCheckpoint",
+                                           "init_args": {"every_n_steps": 4, "every_n_minutes": None}})
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(path)],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not last.exists():  # the step-4 save
+        assert proc.poll() is None, "fit ended before it could be stopped"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=300)[0]
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["global_step"] >= 5  # saved at the stop, after the step-4 save: nothing since was lost
+    assert "Stopped by a signal" in output
+    resumed = run_cli_subprocess("fit", "--config", str(path), "--ckpt_path", "run/checkpoints/last.ckpt",
+                                 "--trainer.max_epochs", "4", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
