@@ -26,7 +26,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_modules.contract import GenerativeModule
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a process we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -68,7 +69,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def _remove_stale(target: Path) -> None:
         for stale in target.parent.glob(f".{target.name}.tmp-*"):
             pid = stale.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _pid_alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 stale.unlink(missing_ok=True)
 
 

@@ -23,6 +23,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 from optuna_integration import PyTorchLightningPruningCallback
 
+from callbacks.checkpointing import pid_alive
 from lightning_modules.contract import NonFiniteLossError
 from tuning.search_space import make_pruner
 
@@ -71,7 +72,7 @@ class OptunaTrial(PyTorchLightningPruningCallback):
         self.written = False
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if self.spec.parent_pid and trainer.is_global_zero and not _alive(self.spec.parent_pid):
+        if self.spec.parent_pid and trainer.is_global_zero and not pid_alive(self.spec.parent_pid):
             trainer.should_stop = True
             raise SystemExit(f"the tune process {self.spec.parent_pid} is gone; stopping this trial")
 
@@ -111,16 +112,6 @@ class OptunaTrial(PyTorchLightningPruningCallback):
         _record_in_wandb(state, reason)
         if rank_zero_only.rank == 0:
             Path(self.spec.result_path).write_text(json.dumps({"state": state, "value": value, "reason": reason}))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _is_oom(err: BaseException) -> bool:
