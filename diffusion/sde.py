@@ -207,7 +207,7 @@ class VESDE(SDE):
         return f"sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, t_min={self.t_min}"
 
 
-class DiscreteVPSDE(SDE):
+class DiscreteVPSDE(VPSDE):
     """A DDPM's own schedule (any β_t, e.g. cosine) as a VP-SDE on t ∈ [t_min, 1].
 
     ᾱ(t) is the DDPM's ᾱ at the fractional index u = t (T − 1), log-linear between steps
@@ -225,7 +225,7 @@ class DiscreteVPSDE(SDE):
     def __init__(self, process: DiscreteVPProcess, t_min: float = 1e-3) -> None:
         if not isinstance(process, DiscreteVPProcess):
             raise ValueError(f"DiscreteVPSDE wraps a DiscreteVPProcess, got {type(process).__name__}.")
-        super().__init__(t_min)
+        SDE.__init__(self, t_min)  # VPSDE's dynamics (drift, diffusion, network time), not its linear β
         self.ddpm, self.num_timesteps = process, process.num_timesteps
 
     def marginal(self, t: Tensor, ndim: int = 4) -> tuple[Tensor, Tensor]:
@@ -236,17 +236,8 @@ class DiscreteVPSDE(SDE):
         index = (u.floor().long() + 1).clamp(0, self.num_timesteps - 1)
         return -(self.num_timesteps - 1) * self.ddpm.alphas.to(u.device).log()[index].to(u.dtype)
 
-    def drift(self, x: Tensor, t: Tensor) -> Tensor:
-        return -0.5 * _shape(self.beta(t), x.ndim).to(x.dtype) * x
-
-    def diffusion(self, t: Tensor, ndim: int = 4) -> Tensor:
-        return _shape(self.beta(t).sqrt(), ndim)
-
-    def network_time(self, t: Tensor) -> Tensor:
-        return _float(t) * (self.num_timesteps - 1)
-
-    def time_from_network(self, u: Tensor) -> Tensor:
-        return _float(u) / (self.num_timesteps - 1)
+    def extra_repr(self) -> str:
+        return f"{self.ddpm.extra_repr()}, t_min={self.t_min}"
 
 
 def as_sde(process: NoiseProcess) -> SDE:
