@@ -209,18 +209,18 @@ def cli_main(args: ArgsType = None, **kwargs: Any) -> LightningCLI:
 
 def main(argv: list[str] | None = None) -> None:
     """``tune`` runs an Optuna study (tuning/tune.py); everything else is LightningCLI."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["tune"]:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["tune"]:
         from tuning.tune import tune_main
 
-        tune_main(argv[1:])
-    elif argv[:1] in (["-h"], ["--help"]):
+        tune_main(args[1:])
+    elif args[:1] in (["-h"], ["--help"]):
         try:
             cli_main(argv)
         finally:
             print("\nand:\n  tune                Run an Optuna study whose trials are fit runs (python cli.py tune --help).")
     else:
-        cli_main(argv)
+        cli_main(argv)  # None: LightningCLI reads sys.argv itself (passing it twice makes it warn)
 
 
 if __name__ == "__main__":
