@@ -7,7 +7,9 @@ from callbacks.generation_metrics import GenerationMetricsCallback
 from callbacks.latent_tsne import LatentTSNE
 from callbacks.reconstruction_grid import ReconstructionGrid
 from callbacks.run_info import RunInfo
+from callbacks.restoration_writer import RestorationWriter
 from callbacks.sample_grid import SampleGrid
 from callbacks.sample_writer import SampleWriter
 
-__all__ = ["EMA", "LastCheckpoint", "AtomicCheckpointIO", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter", "GenerationMetricsCallback"]
+__all__ = ["EMA", "LastCheckpoint", "AtomicCheckpointIO", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter", "GenerationMetricsCallback",
+           "RestorationWriter"]

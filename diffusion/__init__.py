@@ -2,7 +2,10 @@
 
 from diffusion.guidance import classifier_free_guidance
 from diffusion.hooks import Inpaint, Trajectory
+from diffusion.ncsn import LogSigmaVESDE, NCSNProcess
 from diffusion.processes import DiscreteVPProcess, NoiseProcess
+from diffusion.repaint import RePaint
+from diffusion.restoration import Colourise, TaskSampler, ddim_decode, ddim_invert, ddim_times, slerp
 from diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -51,4 +54,13 @@ __all__ = [
     "AdaptiveODE",
     "AnnealedLangevin",
     "Langevin",
+    "LogSigmaVESDE",
+    "NCSNProcess",
+    "RePaint",
+    "Colourise",
+    "TaskSampler",
+    "ddim_decode",
+    "ddim_invert",
+    "ddim_times",
+    "slerp",
 ]
