@@ -88,7 +88,7 @@ def main() -> None:
     dm.setup()
     clf, real_acc = train_classifier(dm, args.classifier_epochs, args.seed)
 
-    model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()  # EMA weights, if any
+    model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).eval()  # EMA weights, if any
     sampling = make_sampling(args.sampler, args.steps, args.eta, guidance_scale=args.guidance_scale, seed=args.seed)
     labels = torch.arange(10).repeat_interleave(args.per_class)
     correct, confidences = 0, []

@@ -59,7 +59,7 @@ def main() -> None:
     data_args = {k: v for k, v in config["data"]["init_args"].items() if k != "num_workers"}
     dm = (FashionMNISTDataModule if "Fashion" in config["data"]["class_path"] else MNISTDataModule)(**data_args)
     dm.setup()
-    model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
+    model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).eval()
     n = args.num_samples
 
     extractors = {"classifier": ClassifierFeatures(args.features)}

@@ -82,7 +82,7 @@ def main() -> None:
         generated = torch.from_numpy(data["samples"][: args.num_samples]).float()
         provenance = {"samples": args.samples, "sha256": sha256_of(args.samples), "provenance": str(data["provenance"])}
     else:
-        model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu").eval()
+        model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).eval()
         sampling = Sampling(sampler=SAMPLERS[args.sampler](args.steps), seed=args.seed,
                             guidance_scale=args.guidance if model.num_classes else 0.0)
         model.check_sampling(sampling)

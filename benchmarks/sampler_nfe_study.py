@@ -121,9 +121,9 @@ def main() -> None:
     data_args = {k: v for k, v in config["data"]["init_args"].items() if k != "num_workers"}
     dm = (FashionMNISTDataModule if "Fashion" in config["data"]["class_path"] else MNISTDataModule)(**data_args)
     dm.setup()
-    models = {"ddpm": DDPMModule.load_from_checkpoint(args.ddpm_ckpt, map_location="cpu").eval()}
+    models = {"ddpm": DDPMModule.load_from_checkpoint(args.ddpm_ckpt, map_location="cpu", weights_only=True).eval()}
     if args.ncsn_ckpt:
-        models["ncsn"] = DDPMModule.load_from_checkpoint(args.ncsn_ckpt, map_location="cpu").eval()
+        models["ncsn"] = DDPMModule.load_from_checkpoint(args.ncsn_ckpt, map_location="cpu", weights_only=True).eval()
     n = args.num_samples
 
     extractors = {"classifier": ClassifierFeatures(args.features)}

@@ -2,6 +2,8 @@
 generation metrics (FID/KID/IS/precision-recall)."""
 
 from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
+from callbacks.coigan_grid import COIGANSampleGrid
+from callbacks.coigan_writer import COIGANPredictionWriter
 from callbacks.ema import EMA
 from callbacks.generation_metrics import GenerationMetricsCallback
 from callbacks.latent_tsne import LatentTSNE
@@ -12,4 +14,4 @@ from callbacks.sample_grid import SampleGrid
 from callbacks.sample_writer import SampleWriter
 
 __all__ = ["EMA", "LastCheckpoint", "AtomicCheckpointIO", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter", "GenerationMetricsCallback",
-           "RestorationWriter"]
+           "RestorationWriter", "COIGANSampleGrid", "COIGANPredictionWriter"]

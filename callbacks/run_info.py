@@ -44,7 +44,7 @@ class RunInfo(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._times.append(time.perf_counter())
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        x = batch[0] if isinstance(batch, (list, tuple)) else next(iter(batch.values())) if isinstance(batch, dict) else batch
         self._sizes.append(int(x.shape[0]))
         if len(self._times) > 1:
             n_images = sum(list(self._sizes)[-(len(self._times) - 1):]) * trainer.world_size

@@ -154,7 +154,10 @@ def test_run_name_derives_every_output_folder():
                   "--data", "SyntheticDataModule", "--data.num_samples", "16", "--data.batch_size", "4",
                   "--data.num_workers", "0", "--data.image_size", "28", "--run_name", "my_run")
     assert cli.trainer.default_root_dir == str(Path("runs") / "my_run")
-    assert Path(cli.trainer.checkpoint_callback.dirpath) == Path.cwd() / "runs" / "my_run" / "checkpoints"
+    from callbacks import LastCheckpoint
+
+    last = next(cb for cb in cli.trainer.callbacks if isinstance(cb, LastCheckpoint))
+    assert last.path(cli.trainer) == Path("runs") / "my_run" / "checkpoints" / "last.ckpt"
     logger = cli.config["fit"]["trainer"]["logger"]["init_args"]  # fast_dev_run swaps the logger for a dummy
     assert logger["name"] == "my_run" and logger["group"] == "my_run"
     assert Path(logger["save_dir"]) == Path("runs") / "my_run"
