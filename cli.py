@@ -74,8 +74,7 @@ class GenLabCLI(LightningCLI):
 
     def _apply_sampling(self) -> None:
         if isinstance(self.model, GenerativeModule):
-            sampling = self.config_init[self.subcommand].sampling
-            self.model.check_sampling(sampling)
+            sampling = self.model.resolve_sampling(self.config_init[self.subcommand].sampling)
             self.model.sampling = sampling
             rank_zero_info(f"Sampling with {sampling.describe()}")
 

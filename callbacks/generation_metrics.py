@@ -86,9 +86,9 @@ class GenerationMetricsCallback(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         module = require_generative(pl_module, "GenerationMetricsCallback")
-        module.check_sampling(self.sampling)
+        self.sampling = module.resolve_sampling(self.sampling)
         if stage == "test":
-            module.check_sampling(module.sampling)
+            module.sampling = module.resolve_sampling(module.sampling)
         # Run after weight averaging has swapped the EMA weights in for validation.
         callbacks = trainer.callbacks
         if any(isinstance(cb, WeightAveraging) for cb in callbacks[callbacks.index(self) + 1:]):

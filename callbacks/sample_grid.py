@@ -76,7 +76,7 @@ class SampleGrid(Callback):
         self.last_grid_path: Path | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        require_generative(pl_module, "SampleGrid").check_sampling(self.sampling)
+        self.sampling = require_generative(pl_module, "SampleGrid").resolve_sampling(self.sampling)
 
     def on_validation_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int,

@@ -7,11 +7,16 @@ Images are resized once, at set-up, and kept as uint8; each batch is converted t
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from datamodules.resumable import ResumableLoader
 
 
 class InMemoryImages(Dataset):
@@ -134,7 +139,20 @@ class ImageDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        """Seeded per-epoch shuffle that resumes mid-epoch (``ResumableLoader``); each DDP rank takes its share."""
+        trainer = self.trainer
+        seed = int(os.environ.get("PL_GLOBAL_SEED", self.split_seed))
+        return ResumableLoader(self.dataset("train"), batch_size=self.batch_size, seed=seed,
+                               num_replicas=trainer.world_size if trainer else 1, rank=trainer.global_rank if trainer else 0,
+                               num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Counts the training batches of this epoch, the position a resumed run continues from."""
+        trainer = self.trainer
+        if trainer is not None and trainer.training and isinstance(trainer.train_dataloader, ResumableLoader):
+            limit = trainer.num_training_batches
+            trainer.train_dataloader.mark_trained(int(limit) if limit != float("inf") else None)
+        return batch
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)

@@ -17,9 +17,12 @@ rather than optimizer steps (Lightning's ``global_step`` counts every ``optimize
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import os
+import random
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterable, Literal, Optional
 
+import numpy as np
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningModule
@@ -45,7 +48,9 @@ class Sampling:
         sampler: a ``diffusion.Sampler`` by class_path with its own arguments, e.g.
             ``--sampling.sampler DDIMSampler --sampling.sampler.steps 50 --sampling.sampler.eta 0``.
             Models without a reverse process (the VAE) ignore it.
-        guidance_scale: classifier-free guidance weight w (0 = plain conditional model).
+        guidance_scale: classifier-free guidance weight w (0 = plain conditional model); null takes the model's
+            ``default_guidance`` (1.0 for class-conditional diffusion models, else 0), so the sample grid,
+            val and test FID and predict agree unless a config sets it.
         seed: base seed; sample i uses seed + i, independent of batch size and DDP sharding.
         labels: classes to draw for class-conditional models, cycled over the samples (sample i gets
             labels[i % len(labels)]); null uses i mod num_classes.
@@ -53,7 +58,7 @@ class Sampling:
     """
 
     sampler: Sampler = field(default_factory=_default_sampler)
-    guidance_scale: float = 0.0
+    guidance_scale: Optional[float] = None
     seed: int = 0
     labels: Optional[list[int]] = None
     generation_mode: Optional[Literal["prior", "reconstruction"]] = None
@@ -101,6 +106,18 @@ class GenerativeModule(LightningModule):
     def check_sampling(self, sampling: Sampling) -> None:
         """Raise a ValueError naming the problem when ``sampling`` cannot be honoured by this model."""
 
+    @property
+    def default_guidance(self) -> float:
+        """The guidance weight a ``Sampling`` with ``guidance_scale: null`` gets (0: no guidance)."""
+        return 0.0
+
+    def resolve_sampling(self, sampling: Sampling) -> Sampling:
+        """``sampling`` with the model's defaults filled in, checked (``check_sampling``) before any work."""
+        if sampling.guidance_scale is None:
+            sampling = replace(sampling, guidance_scale=self.default_guidance)
+        self.check_sampling(sampling)
+        return sampling
+
     # ---- shared behaviour --------------------------------------------------------------------------
 
     def to_unit(self, x: Tensor) -> Tensor:
@@ -114,6 +131,20 @@ class GenerativeModule(LightningModule):
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.iterations += 1
+        self.reseed()
+
+    def reseed(self) -> None:
+        """Seed torch, NumPy and Python from (run seed, rank, iteration) before every training batch.
+
+        The noise of iteration k then depends on nothing but k, so a run resumed from a checkpoint draws
+        what the uninterrupted run drew (with the resumable training loader, the same batches too), and
+        DDP ranks draw differently.
+        """
+        base = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = ((base * 1_000_003 + self.global_rank) * 1_000_033 + self.iterations) % (2**63 - 1)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
 
     def check_finite(self, loss: Tensor, parameters: Iterable[torch.nn.Parameter] | None = None) -> None:
         """Raise ``NonFiniteLossError`` when the loss or the gradients of ``parameters`` are not finite.

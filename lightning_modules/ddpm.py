@@ -9,6 +9,8 @@ the closure ``denoise(x, t)`` (labels, guidance, conditions, x̂_0 clipping) and
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Literal, Optional
 
 import torch
@@ -204,7 +206,7 @@ class DDPMModule(GenerativeModule):
     def generate(self, indices: Tensor, labels: Tensor | None = None, cond: Tensor | None = None,
                  sampling: Sampling | None = None, **kwargs: Any) -> Tensor:
         """Sample i is seeded by sampling.seed + indices[i] (EDM-style per-sample generators)."""
-        sampling = sampling or self.sampling
+        sampling = self.resolve_sampling(sampling or self.sampling)
         gens = [torch.Generator(device=self.device).manual_seed(sampling.seed + int(i)) for i in indices]
         if labels is not None and not self.num_classes:
             labels = None
@@ -213,6 +215,11 @@ class DDPMModule(GenerativeModule):
         out = self.sample(len(indices), sampling.sampler, sampling.guidance_scale, gens, labels, **kwargs)
         self.last_nfe = out.nfe
         return out.x
+
+    @property
+    def default_guidance(self) -> float:
+        """w = 1 for class-conditional models: legible classes at a moderate cost in diversity."""
+        return 1.0 if self.num_classes else 0.0
 
     def check_sampling(self, sampling: Sampling) -> None:
         sampling.sampler.check(self.process)
@@ -228,7 +235,7 @@ class DDPMModule(GenerativeModule):
         return {"samples": samples.cpu(), "index": indices.cpu(), "labels": labels.cpu()}
 
     def provenance(self) -> dict[str, Any]:
-        return {**super().provenance(), "sampling": self.sampling.describe(), "nfe": self.last_nfe,
+        return {**super().provenance(), "sampling": self.resolve_sampling(self.sampling).describe(), "nfe": self.last_nfe,
                 "process": f"{type(self.process).__name__}({self.process.extra_repr()})",
                 "schedule": getattr(self.process, "schedule", None),
                 "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type}
@@ -243,5 +250,6 @@ class DDPMModule(GenerativeModule):
         check_learning_rates(optimizer)
         if self.lr_schedule.is_constant:
             return optimizer
-        scheduler = self.lr_schedule.build(optimizer, int(self.trainer.estimated_stepping_batches) if self._trainer else None)
+        total = self.trainer.estimated_stepping_batches if self._trainer and self.lr_schedule.needs_length else None
+        scheduler = self.lr_schedule.build(optimizer, int(total) if total and math.isfinite(total) else None)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -43,6 +43,11 @@ class LRSchedule:
     def is_constant(self) -> bool:
         return self.warmup_steps == 0 and self.decay == "constant"
 
+    @property
+    def needs_length(self) -> bool:
+        """Whether ``build`` needs the run's length from the trainer (cosine without ``total_steps``)."""
+        return self.decay == "cosine" and self.total_steps is None
+
     def lr_at(self, step: int, base_lr: float, total_steps: int) -> float:
         """The learning rate at iteration ``step`` (0-based) for a base rate ``base_lr``."""
         if step < self.warmup_steps:
@@ -57,7 +62,8 @@ class LRSchedule:
         """A LambdaLR following ``lr_at`` for every parameter group (step it once per iteration)."""
         total = self.total_steps or total_steps
         if self.decay == "cosine" and not total:
-            raise ValueError("a cosine LR schedule needs its length: set lr_schedule.total_steps or trainer.max_steps.")
+            raise ValueError("a cosine LR schedule needs its length, and this run has none (no max_steps, max_epochs -1): "
+                             "set lr_schedule.total_steps or trainer.max_steps.")
         base = check_learning_rates(optimizer)
         lambdas = [lambda s, b=b: self.lr_at(s, b, int(total or 0)) / b for b in base]
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

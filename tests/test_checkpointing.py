@@ -98,3 +98,50 @@ def test_sigterm_saves_last_checkpoint_and_stops(tmp_path):
     resumed = run_cli_subprocess("fit", "--config", str(path), "--ckpt_path", "run/checkpoints/last.ckpt",
                                  "--trainer.max_epochs", "4", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def _fit_weights(*extra: str, callbacks: list) -> dict[str, torch.Tensor]:
+    cli_main(["fit", "--config", str(TINY), "--trainer.max_epochs", "3", "--trainer.num_sanity_val_steps", "0",
+              "--trainer.enable_progress_bar", "false", *extra], trainer_defaults={"callbacks": callbacks})
+    return torch.load("lc/last.ckpt", weights_only=True)
+
+
+def test_a_run_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run():
+    """Same seed; crash at iteration 5 (epoch 1, batch 2 of 3); resume from the step-4 last.ckpt: same weights."""
+    whole = _fit_weights(callbacks=[LastCheckpoint(dirpath="lc", every_n_steps=2, every_n_minutes=None)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit_weights(callbacks=[LastCheckpoint(dirpath="lc", every_n_steps=2, every_n_minutes=None), _CrashAt(5)])
+    assert torch.load("lc/last.ckpt", weights_only=True)["global_step"] == 4
+    resumed = _fit_weights("--ckpt_path", "lc/last.ckpt",
+                           callbacks=[LastCheckpoint(dirpath="lc", every_n_steps=2, every_n_minutes=None)])
+    assert resumed["global_step"] == whole["global_step"] == 9
+    for key, value in whole["state_dict"].items():  # EMA weights
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=1e-6, msg=key)
+    for key, value in whole["current_model_state"].items():  # the raw (non-EMA) weights
+        torch.testing.assert_close(resumed["current_model_state"][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_the_training_loader_skips_what_a_resumed_epoch_already_trained_on():
+    from datamodules.resumable import ResumableLoader
+
+    data = torch.utils.data.TensorDataset(torch.arange(40))
+    first = ResumableLoader(data, batch_size=4, seed=3)
+    first.sampler.set_epoch(2)
+    it = iter(first)
+    seen = [next(it)[0] for _ in range(4)]  # three trained on, one drawn ahead by the fetcher
+    for _ in range(3):
+        first.mark_trained()
+    state = first.state_dict()
+    assert state == {"epoch": 2, "batches": 3}
+    again = ResumableLoader(data, batch_size=4, seed=3)
+    again.load_state_dict(state)
+    rest = [b[0] for b in again]
+    torch.testing.assert_close(rest[0], seen[3])
+    whole = torch.cat([*seen[:3], *rest])
+    assert sorted(whole.tolist()) == list(range(40))  # the epoch's permutation, every sample once
+    for _ in range(len(rest)):
+        again.mark_trained()
+    assert again.state_dict() == {"epoch": 3, "batches": 0}  # a finished epoch resumes at the next one
+    other = ResumableLoader(data, batch_size=4, seed=3)
+    other.sampler.set_epoch(3)
+    assert not torch.equal(torch.cat([b[0] for b in other]), whole)  # each epoch its own shuffle
