@@ -28,6 +28,7 @@ from lightning_modules.contract import NonFiniteLossError
 from tuning.search_space import make_pruner
 
 TRIAL_ENV = "GENLAB_OPTUNA_TRIAL"
+PROGRESS = "[optuna-trial] "  # marks the fit.log lines that ``tune`` echoes as the trial's progress
 
 
 @dataclass
@@ -75,6 +76,15 @@ class OptunaTrial(PyTorchLightningPruningCallback):
         if self.spec.parent_pid and trainer.is_global_zero and not pid_alive(self.spec.parent_pid):
             trainer.should_stop = True
             raise SystemExit(f"the tune process {self.spec.parent_pid} is gone; stopping this trial")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """One progress line per validation (``tune`` shows it), then the report to Optuna and its pruning."""
+        if not trainer.sanity_checking and trainer.is_global_zero:
+            metric = trainer.callback_metrics.get(self.spec.monitor)
+            shown = "not logged" if metric is None else f"{float(metric):.6g}"
+            print(f"{PROGRESS}validation: epoch {trainer.current_epoch}, step {trainer.global_step}, "
+                  f"{self.spec.monitor} = {shown}", flush=True)
+        super().on_validation_end(trainer, pl_module)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         state, value, reason = "fail", None, None
