@@ -10,26 +10,51 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, Timer
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 import callbacks  # noqa: F401 - registers short class names for configs
 import datamodules  # noqa: F401
 import lightning_modules  # noqa: F401
-from callbacks.checkpointing import AtomicCheckpointIO
+from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from callbacks.generation_metrics import GenerationMetricsCallback
+from callbacks.hardware_notice import CPUNotice
 from callbacks.sample_writer import SampleWriter
 from lightning_modules.contract import GenerativeModule, Sampling
 from lightning_modules.wandb_utils import choose_wandb_mode, get_wandb_logger, offline_sync_hint
+
+
+KNOWN_UPSTREAM_WARNINGS = (  # harmless notices from libraries, silenced so the ones that matter stand out
+    r".*LightningCLI's args parameter.*",
+    r".*isinstance\(treespec, LeafSpec\).*",
+    r".*does not have many workers.*",
+    r".*was deprecated in v4\.\d+.*",
+    r".*parameter was deprecated in v4.*",
+)
+
+
+class _DropTip(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_known_warnings() -> None:
+    """Silence the known upstream notices (the pytest config does the same for the tests)."""
+    for pattern in KNOWN_UPSTREAM_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTip())
 
 
 class WandbSaveConfig(SaveConfigCallback):
@@ -60,14 +85,46 @@ class GenLabCLI(LightningCLI):
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic checkpoint writes for every run
             trainer_config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        return self._instantiate_trainer(trainer_config, [cb for cb in extra if cb is not None])
+        extra = [cb for cb in extra if cb is not None]
+        notice = self._cpu_notice(trainer_config)
+        trainer = self._instantiate_trainer(trainer_config, extra + ([notice] if notice else []))
+        for logger in trainer.loggers:  # Lightning passes anonymous=None, which W&B now warns about
+            if isinstance(logger, WandbLogger):
+                logger._wandb_init.pop("anonymous", None)
+                from wandb.sdk import wandb_require
+
+                # Lightning still calls the legacy wandb.require("service"), a no-op that warns each time
+                wandb_require._Requires.require_service = lambda self: None
+        # last.ckpt is written after every other callback's batch-end work (EMA's update above all)
+        others = [cb for cb in trainer.callbacks if not isinstance(cb, (LastCheckpoint, Checkpoint))]
+        trainer.callbacks = (others + [cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)]
+                             + [cb for cb in trainer.callbacks if isinstance(cb, Checkpoint)])
+        return trainer
+
+    def _cpu_notice(self, trainer_config: dict[str, Any]) -> Optional[CPUNotice]:
+        """A GPU-sized config (accelerator auto/gpu) that fits on a machine without a GPU gets a notice."""
+        import torch
+
+        if self.subcommand != "fit" or str(trainer_config.get("accelerator", "auto")) not in ("auto", "gpu", "cuda") \
+                or torch.cuda.is_available():
+            return None
+        configs = [str(c) for c in (self.config[self.subcommand].get("config") or [])]
+        cpu = Path(configs[0]).with_name(Path(configs[0]).stem + "_cpu.yaml") if configs else None
+        return CPUNotice(configs[0] if configs else "this config", str(cpu) if cpu and cpu.is_file() else None)
+
+    def _parse_ckpt_path(self) -> None:
+        """Replaced: Lightning would let the checkpoint's model arguments silently win over the command line.
+        ``check_resume_arguments`` applies the explicit rule instead, after the data facts are linked."""
 
     def before_instantiate_classes(self) -> None:
         choose_wandb_mode()
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_ckpt_path(config.get("ckpt_path"))
         link_data_facts(config)
-        derive_run_dirs(config)
+        if self.subcommand == "predict" and isinstance(config.get("trainer"), Namespace):
+            config.trainer.logger = False  # predict trains nothing: samples go to files, not to a new W&B run
+        check_resume_arguments(config)
+        derive_run_dirs(config, fresh_fit=self.subcommand == "fit" and not config.get("ckpt_path"))
 
     def before_test(self) -> None:
         self._apply_sampling()
@@ -76,6 +133,7 @@ class GenLabCLI(LightningCLI):
         if isinstance(self.model, GenerativeModule):
             sampling = self.model.resolve_sampling(self.config_init[self.subcommand].sampling)
             self.model.sampling = sampling
+            self.model.show_progress = True
             rank_zero_info(f"Sampling with {sampling.describe()}")
 
     def before_predict(self) -> None:
@@ -88,6 +146,14 @@ class GenLabCLI(LightningCLI):
             self.trainer.callbacks.append(SampleWriter(config.predict_dir))
 
     def after_fit(self) -> None:
+        trainer = self.trainer
+        if trainer.is_global_zero and trainer.max_steps > 0 and trainer.global_step < trainer.max_steps \
+                and not trainer.interrupted:
+            timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+            why = (f"the trainer.max_time cap ({timer._duration:.0f} s) was reached first" if timer is not None
+                   and timer.time_remaining() is not None and timer.time_remaining() <= 0 else "training ended early")
+            print(f"Stopped after {trainer.global_step:,} of {trainer.max_steps:,} steps: {why}. Resume with "
+                  f"--ckpt_path {Path(trainer.default_root_dir) / 'checkpoints' / 'last.ckpt'} to finish the budget.")
         logger = get_wandb_logger(self.trainer)
         hint = offline_sync_hint(logger) if logger is not None and self.trainer.is_global_zero else None
         if hint:
@@ -166,15 +232,97 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
                          "runs/<run name>/checkpoints/last.ckpt (the run name is the config file's name).")
 
 
-def derive_run_dirs(config: Namespace) -> None:
-    """One run name → default_root_dir, the W&B run's name, group and files, and the checkpoint folder."""
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config values as {dotted key: leaf}, with ``init_args`` levels dropped and tuples as lists."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            if key in ("_instantiator", "__path__"):
+                continue
+            name = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else key
+            out.update(_flatten(sub, name))
+        return out
+    if isinstance(value, tuple):
+        value = list(value)
+    return {prefix: value}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def check_resume_arguments(config: Namespace) -> None:
+    """The rule on ``--ckpt_path``: the model class and architecture come from the checkpoint, and a config or
+    command line that contradicts them is an error naming both values; the arguments the module lists in
+    ``resume_safe_args`` (optimizer, learning rate, schedule...) follow the command line, and each change is
+    printed."""
+    ckpt_path, model = config.get("ckpt_path"), config.get("model")
+    if not ckpt_path or not isinstance(model, Namespace) or not Path(str(ckpt_path)).is_file():
+        return
+    import torch
+
+    try:
+        hparams = dict(torch.load(ckpt_path, map_location="cpu", weights_only=True).get("hyper_parameters") or {})
+    except Exception as err:
+        raise SystemExit(f"error: --ckpt_path {ckpt_path} is not a readable checkpoint ({type(err).__name__}: {err}).")
+    saved_class = hparams.pop("_class_path", None)
+    if not hparams or not saved_class:
+        return
+    if saved_class != model.class_path:
+        raise SystemExit(f"error: --ckpt_path {ckpt_path} holds a {saved_class}, but this config builds a "
+                         f"{model.class_path}. Use the config that trained the checkpoint, or a new run without --ckpt_path.")
+    cls = import_object(model.class_path)
+    safe = getattr(cls, "resume_safe_args", ())
+    wanted, saved = _flatten(model.get("init_args")), _flatten(hparams)
+    changes, conflicts = [], []
+    for key, value in wanted.items():
+        if key not in saved or _same(value, saved[key]):
+            continue
+        (changes if key.split(".")[0] in safe else conflicts).append(f"model.init_args.{key}: checkpoint {saved[key]!r}, "
+                                                                      f"now {value!r}")
+    if conflicts:
+        raise SystemExit("error: the config contradicts the checkpoint it resumes (" + str(ckpt_path) + "):\n  "
+                         + "\n  ".join(conflicts) + "\nThese define the model and cannot change on resume. Use the "
+                         "checkpoint's values, or start a new run without --ckpt_path. Changeable on resume: "
+                         + ", ".join(safe) + ".")
+    for change in changes:
+        rank_zero_only(print)(f"Resume: {change} (applied).")
+
+
+def _holds_a_run(root: Path) -> bool:
+    return (root / "config.yaml").is_file() or any((root / "checkpoints").glob("*.ckpt"))
+
+
+def derive_run_dirs(config: Namespace, fresh_fit: bool = False) -> None:
+    """One run name → default_root_dir, the W&B run's name, group and files, and the checkpoint folder.
+
+    A new ``fit`` (no --ckpt_path) whose derived folder already holds a run gets the next free
+    ``runs/<name>-2``, ``-3``..., so it never mixes its files with the earlier run's."""
     trainer = config.get("trainer")
     if not isinstance(trainer, Namespace):
         return
     configs = config.get("config") or []
     name = config.get("run_name") or (Path(str(configs[0])).stem if configs else "genlab")
-    root = trainer.get("default_root_dir") or str(Path("runs") / name)
+    root = trainer.get("default_root_dir")
+    if not root:
+        root, base = str(Path("runs") / name), name
+        version = 1
+        while fresh_fit and _holds_a_run(Path(root)):
+            version += 1
+            name = f"{base}-{version}"
+            root = str(Path("runs") / name)
+        if version > 1:
+            print(f"runs/{base} already holds a run: this new one writes to {root}. To continue the earlier run "
+                  f"instead, pass --ckpt_path runs/{base}/checkpoints/last.ckpt.")
     trainer.default_root_dir = root
+    if fresh_fit:
+        Path(root).mkdir(parents=True, exist_ok=True)  # W&B looks for it at start
     loggers = trainer.get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         if isinstance(logger, Namespace) and str(logger.get("class_path", "")).endswith("WandbLogger"):
@@ -193,6 +341,7 @@ def derive_run_dirs(config: Namespace) -> None:
 
 def cli_main(args: ArgsType = None, **kwargs: Any) -> LightningCLI:
     """Build and run the CLI; returns it so tests and sweeps can read ``cli.trainer``."""
+    quiet_known_warnings()
     kwargs.setdefault("save_config_callback", WandbSaveConfig)
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
     return GenLabCLI(

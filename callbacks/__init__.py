@@ -6,6 +6,7 @@ from callbacks.coigan_grid import COIGANSampleGrid
 from callbacks.coigan_writer import COIGANPredictionWriter
 from callbacks.ema import EMA
 from callbacks.generation_metrics import GenerationMetricsCallback
+from callbacks.hardware_notice import CPUNotice
 from callbacks.latent_tsne import LatentTSNE
 from callbacks.reconstruction_grid import ReconstructionGrid
 from callbacks.run_info import RunInfo
@@ -13,5 +14,5 @@ from callbacks.restoration_writer import RestorationWriter
 from callbacks.sample_grid import SampleGrid
 from callbacks.sample_writer import SampleWriter
 
-__all__ = ["EMA", "LastCheckpoint", "AtomicCheckpointIO", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter", "GenerationMetricsCallback",
+__all__ = ["EMA", "LastCheckpoint", "AtomicCheckpointIO", "SampleGrid", "ReconstructionGrid", "LatentTSNE", "RunInfo", "SampleWriter", "GenerationMetricsCallback", "CPUNotice",
            "RestorationWriter", "COIGANSampleGrid", "COIGANPredictionWriter"]

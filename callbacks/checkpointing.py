@@ -151,7 +151,7 @@ class LastCheckpoint(Callback):
     def _save(self, trainer: Trainer, n: int) -> None:
         if trainer.fast_dev_run:
             return
-        trainer.save_checkpoint(self.path(trainer))
+        trainer.save_checkpoint(self.path(trainer), weights_only=False)  # full state: optimizer, loops, callbacks
         self.saved_at.append(n)
         self._last_save = time.monotonic()
 

@@ -172,8 +172,9 @@ class GenerationMetricsCallback(Callback):
         rank, world = trainer.global_rank, trainer.world_size
         indices = torch.arange(rank, n, world)  # sample i is seeded by seed + i on whichever rank draws it
         n_classes = pl_module.num_classes
-        was_training = pl_module.training
+        was_training, showed = pl_module.training, pl_module.show_progress
         pl_module.eval()
+        pl_module.show_progress = trainer.is_global_zero  # per-step bars inside the per-batch one
         batches = indices.split(self.batch_size)
         for idx in tqdm(batches, desc=f"generating {n} samples for {'/'.join(self.metric_names)}", leave=False,
                         disable=not trainer.is_global_zero):
@@ -181,6 +182,7 @@ class GenerationMetricsCallback(Callback):
             samples = pl_module.generate(idx, config.labels_for(idx, n_classes), sampling=config)
             metric.update(pl_module.to_unit(samples.float()).clamp(0, 1), idx)
         pl_module.train(was_training)
+        pl_module.show_progress = showed
         results = metric.compute()
         metric.reset()
         self.last_results = results

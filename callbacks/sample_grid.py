@@ -74,6 +74,7 @@ class SampleGrid(Callback):
         self.sampling = sampling or Sampling(seed=1234)
         self.save_dir = save_dir
         self.last_grid_path: Path | None = None
+        self._drawn_at = -1  # global step of the last grid
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self.sampling = require_generative(pl_module, "SampleGrid").resolve_sampling(self.sampling)
@@ -88,8 +89,14 @@ class SampleGrid(Callback):
             return
         self._draw(trainer, pl_module)
 
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """One grid of the final weights (EMA, when used), unless the last validation just drew one."""
+        if self._drawn_at != trainer.global_step and not trainer.fast_dev_run:
+            self._draw(trainer, pl_module, name=f"final_step_{trainer.global_step:06d}")
+
     @rank_zero_only
-    def _draw(self, trainer: Trainer, pl_module: GenerativeModule) -> None:
+    def _draw(self, trainer: Trainer, pl_module: GenerativeModule, name: Optional[str] = None) -> None:
+        self._drawn_at = trainer.global_step
         sampling, num_samples = self.sampling, self.num_samples
         if trainer.fast_dev_run:
             sampling, num_samples = smoke_test_sampling(sampling), min(num_samples, 4)
@@ -104,12 +111,12 @@ class SampleGrid(Callback):
         grid = image_grid(samples, pl_module.value_range, nrow)
         out_dir = Path(self.save_dir or Path(trainer.default_root_dir) / "samples")
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.last_grid_path = out_dir / f"epoch_{trainer.current_epoch:03d}.png"
+        self.last_grid_path = out_dir / f"{name or f'epoch_{trainer.current_epoch:03d}'}.png"
         save_image(grid, self.last_grid_path)
         logger = get_wandb_logger(trainer)
         if logger is not None:
             s = sampling.sampler
-            caption = (f"epoch {trainer.current_epoch}, EMA={_ema_active(trainer)}, {s!r}, "
+            caption = (f"{name or f'epoch {trainer.current_epoch}'}, EMA={_ema_active(trainer)}, {s!r}, "
                        f"w={sampling.guidance_scale} seed={sampling.seed}")
             logger.log_image(key="samples", images=[grid], caption=[caption], step=trainer.global_step)
 

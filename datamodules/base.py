@@ -19,6 +19,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from datamodules.resumable import ResumableLoader
 
 
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, which containers and SLURM set)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 class InMemoryImages(Dataset):
     """uint8 images (N, C, H, W) and labels, returned as float images in ``value_range``."""
 
@@ -87,7 +92,9 @@ class ImageDataModule(LightningDataModule):
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.val_fraction = val_fraction
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = min(num_workers, available_cores())
+        if self.num_workers < num_workers:
+            print(f"num_workers {num_workers} is more than the {available_cores()} CPU cores here; using {self.num_workers}.")
         self.split_seed = split_seed
         self.num_predict_samples = num_predict_samples
         self.info: dict = {"dataset": self.name}
@@ -102,7 +109,9 @@ class ImageDataModule(LightningDataModule):
     # ---- LightningDataModule -----------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
-        if self._splits:
+        """Loads and splits the data once; ``predict`` needs none (its batches are sample indices), and a mode
+        that does (DiffuseVAE reconstructions) loads it through ``dataset()`` when it asks."""
+        if self._splits or stage == "predict":
             return
         images, labels = self.load_split("train")
         images = resize_uint8(images, self.image_size)

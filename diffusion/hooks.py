@@ -42,3 +42,20 @@ class Trajectory:
     def __call__(self, state: StepState) -> None:
         self.x.append(state.x.detach().cpu())
         self.x0.append(state.prediction.x0.detach().cpu())
+
+
+class Progress:
+    """A progress bar over the denoising steps of one batch, with its rate and time left (tqdm)."""
+
+    def __init__(self, description: str = "sampling") -> None:
+        self.description = description
+        self.bar = None
+
+    def __call__(self, state: StepState) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.num_steps, desc=self.description, unit="step", leave=False, dynamic_ncols=True)
+        self.bar.update(1)
+        if state.index + 1 >= state.num_steps:
+            self.bar.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, ClassVar, Iterable, Literal, Optional
 
 import numpy as np
 import torch
@@ -85,12 +85,17 @@ class GenerativeModule(LightningModule):
     image_shape: tuple[int, int, int]
     value_range: tuple[float, float]
     num_classes: int = 0
+    # init arguments a resumed run may change (the command line wins, and the change is logged); any other
+    # argument that differs from the checkpoint's is an error naming both values
+    resume_safe_args: ClassVar[tuple[str, ...]] = ("optimizer", "lr", "lr_schedule", "warmup_steps", "weight_decay",
+                                                   "p_uncond", "loss_weights")
 
     def __init__(self) -> None:
         super().__init__()
         self.sampling = Sampling()  # used by predict and test; the CLI's --sampling sets it
         self.weights_are_ema = False  # set when a checkpoint with EMA weights is loaded
         self.iterations = 0  # training batches started so far (each may take several optimizer steps)
+        self.show_progress = False  # a per-step progress bar while sampling (predict, test, metrics on rank 0)
 
     # ---- what subclasses implement -----------------------------------------------------------------
 
@@ -169,6 +174,34 @@ class GenerativeModule(LightningModule):
             params = [p for group in optimizer.param_groups for p in group["params"]]
             self.check_finite(getattr(self, "_last_loss", torch.zeros(())), params)
 
+    def on_fit_start(self) -> None:
+        # the learning rates the config asks for, before a checkpoint's optimizer state replaces them
+        self._configured_lrs = [[g.get("initial_lr", g["lr"]) for g in opt.param_groups] for opt in self.trainer.optimizers]
+
+    def on_train_start(self) -> None:
+        if getattr(self, "_resumed", False):
+            self._apply_configured_lrs()
+
+    def _apply_configured_lrs(self) -> None:
+        """On resume, a learning rate given on the command line beats the one stored with the optimizer state."""
+        configs = self.trainer.lr_scheduler_configs
+        for i, (opt, wanted) in enumerate(zip(self.trainer.optimizers, getattr(self, "_configured_lrs", []))):
+            restored = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
+            if restored == wanted:
+                continue
+            for group, lr in zip(opt.param_groups, wanted):
+                group["lr"] = lr
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr
+            for config in configs:
+                scheduler = config.scheduler
+                if scheduler.optimizer is opt and isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+                    scheduler.base_lrs = list(wanted)
+                    for group, lr, fn in zip(opt.param_groups, wanted, scheduler.lr_lambdas):
+                        group["lr"] = lr * fn(scheduler.last_epoch)
+            if self.trainer.is_global_zero:
+                print(f"Resume: optimizer {i} learning rate {restored} (checkpoint) -> {wanted} (config), applied.")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["genlab_iterations"] = self.iterations
 
@@ -176,6 +209,7 @@ class GenerativeModule(LightningModule):
         # WeightAveraging puts the EMA weights in state_dict and the raw ones in current_model_state.
         self.weights_are_ema = "current_model_state" in checkpoint
         self.iterations = int(checkpoint.get("genlab_iterations", checkpoint.get("global_step", 0)))
+        self._resumed = "optimizer_states" in checkpoint
 
 
 class Reconstructs:

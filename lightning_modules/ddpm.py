@@ -19,6 +19,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from diffusion.guidance import classifier_free_guidance
+from diffusion.hooks import Progress
 from diffusion.processes import DiscreteVPProcess, NoiseProcess
 from diffusion.samplers import DenoiseFn, Hook, SampleOutput, Sampler
 from lightning_modules.contract import GenerativeModule, NonFiniteLossError, Sampling
@@ -212,6 +213,8 @@ class DDPMModule(GenerativeModule):
             labels = None
         if cond is not None:
             kwargs["cond"] = cond
+        if self.show_progress and "hooks" not in kwargs:
+            kwargs["hooks"] = (Progress(f"sampling {len(indices)} images"),)
         out = self.sample(len(indices), sampling.sampler, sampling.guidance_scale, gens, labels, **kwargs)
         self.last_nfe = out.nfe
         return out.x

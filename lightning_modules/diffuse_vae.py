@@ -10,9 +10,11 @@ trained with the usual ε-MSE. Everything diffusion-related (schedules, samplers
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_modules.contract import Sampling
@@ -126,3 +128,10 @@ class DiffuseVAEModule(ReconstructionEvaluation, DDPMModule):
     def provenance(self) -> dict[str, Any]:
         return {**super().provenance(), "model": "DiffuseVAE", "vae_checkpoint": self.hparams.get("vae_checkpoint"),
                 "generation_mode": self.sampling.generation_mode or self.generation_mode, "cond_from_mean": self.cond_from_mean}
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        frozen = sum(1 for _ in self.vae.modules())
+        # Lightning warns about every module in eval mode; here that is the frozen stage-1 VAE, by design
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        rank_zero_info(f"The stage-1 VAE ({frozen} modules) is frozen and stays in eval mode while the DDPM trains.")

@@ -145,3 +145,35 @@ def test_the_training_loader_skips_what_a_resumed_epoch_already_trained_on():
     other = ResumableLoader(data, batch_size=4, seed=3)
     other.sampler.set_epoch(3)
     assert not torch.equal(torch.cat([b[0] for b in other]), whole)  # each epoch its own shuffle
+
+
+def _one_step_checkpoint() -> str:
+    cli_main(["fit", "--config", str(TINY), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0"],
+             trainer_defaults={"callbacks": [LastCheckpoint(dirpath="lc", every_n_minutes=None)]})
+    return "lc/last.ckpt"
+
+
+class _LearningRates(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs = [g["lr"] for g in trainer.optimizers[0].param_groups]
+
+
+def test_resume_applies_a_new_learning_rate_and_refuses_a_new_architecture(capsys):
+    ckpt = _one_step_checkpoint()
+    seen = _LearningRates()
+    cli_main(["fit", "--config", str(TINY), "--ckpt_path", ckpt, "--trainer.max_steps", "2", "--trainer.max_epochs", "5",
+              "--trainer.limit_val_batches", "0",
+              "--model.init_args.optimizer.init_args.lr=0.0003"], trainer_defaults={"callbacks": [seen]})
+    assert seen.lrs == [0.0003]  # not the checkpoint's 0.001
+    assert "learning rate [0.001] (checkpoint) -> [0.0003]" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"model.init_args.denoiser.channels: checkpoint \[8, 16\], now \[8, 32\]"):
+        cli_main(["fit", "--config", str(TINY), "--ckpt_path", ckpt, "--model.init_args.denoiser.init_args.channels=[8, 32]"])
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_class(tmp_path):
+    ckpt = torch.load(_one_step_checkpoint(), weights_only=True)
+    ckpt["hyper_parameters"]["_class_path"] = "lightning_modules.VAEModule"
+    torch.save(ckpt, tmp_path / "vae.ckpt")
+    with pytest.raises(SystemExit, match="holds a lightning_modules.VAEModule, but this config builds a lightning_modules.DDPMModule"):
+        cli_main(["fit", "--config", str(TINY), "--ckpt_path", str(tmp_path / "vae.ckpt")])
+    assert not Path("run/checkpoints/last-v1.ckpt").exists()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from conftest import TINY, run_cli, run_cli_subprocess
+import torch
+from conftest import SWEEPS, TINY, run_cli, run_cli_subprocess
 
 
 def test_help_lists_tune():
@@ -31,3 +34,55 @@ def test_predict_with_zero_samples_is_an_error():
     with pytest.raises(SystemExit, match="num_predict_samples is 0"):
         run_cli("predict", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt",
                 "--data.init_args.num_predict_samples", "0")
+
+
+def _config_without_run_dirs(tmp_path, name: str, **trainer) -> str:
+    """The tiny config with its run folder left to the CLI (runs/<config name>), as the shipped configs do."""
+    import yaml
+
+    config = yaml.safe_load(TINY.read_text())
+    config["trainer"].pop("default_root_dir")
+    config["trainer"]["logger"]["init_args"].pop("save_dir")
+    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"] if "ModelCheckpoint" not in c["class_path"]]
+    config["trainer"]["callbacks"].append({"class_path": "callbacks.LastCheckpoint"})
+    config["trainer"].update(trainer)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_a_gpu_sized_config_on_a_cpu_says_so_names_the_cpu_config_and_estimates_the_time(tmp_path):
+    config = _config_without_run_dirs(tmp_path, "gpu", accelerator="auto", max_epochs=20, limit_val_batches=0)
+    (tmp_path / "gpu_cpu.yaml").write_text("# the CPU-sized sibling\n")
+    out = run_cli_subprocess("fit", "--config", config, "--trainer.max_steps", "14", timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout + out.stderr
+    assert "No GPU found" in text and "gpu_cpu.yaml" in text
+    assert "CPU speed:" in text and "s/step" in text
+
+
+def test_a_second_fit_gets_its_own_run_folder(tmp_path):
+    config = _config_without_run_dirs(tmp_path, "twice", limit_val_batches=0)
+    first = run_cli("fit", "--config", config, "--trainer.max_steps", "1")
+    second = run_cli("fit", "--config", config, "--trainer.max_steps", "2")
+    assert first.trainer.default_root_dir.endswith("runs/twice")
+    assert second.trainer.default_root_dir.endswith("runs/twice-2")
+    assert torch.load("runs/twice/checkpoints/last.ckpt", weights_only=True)["global_step"] == 1  # untouched
+    assert torch.load("runs/twice-2/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
+    assert not list(Path("runs/twice/checkpoints").glob("last-v*.ckpt"))
+    resumed = run_cli("fit", "--config", config, "--trainer.max_steps", "3", "--ckpt_path", "runs/twice/checkpoints/last.ckpt")
+    assert resumed.trainer.default_root_dir.endswith("runs/twice")  # a resume continues in its own folder
+
+
+@pytest.mark.slow
+def test_the_cpu_recipe_budget_is_its_step_count_and_a_time_cap_says_so(capsys):
+    cli = run_cli("fit", "--config", str(SWEEPS / "ddpm_mnist_cpu.yaml"), "--trainer.max_steps", "3",
+                  "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false")
+    assert cli.trainer.global_step == 3 and cli.trainer.max_steps == 3
+    assert "Stopped after" not in capsys.readouterr().out
+    assert list(Path("runs/ddpm_mnist_cpu/samples").glob("final_step_000003.png"))  # a grid at the end of training
+    capped = run_cli("fit", "--config", str(SWEEPS / "ddpm_mnist_cpu.yaml"), "--trainer.max_time", "00:00:00:01",
+                     "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false")
+    out = capsys.readouterr().out
+    assert capped.trainer.global_step < 1800
+    assert f"Stopped after {capped.trainer.global_step:,} of 1,800 steps: the trainer.max_time cap" in out
