@@ -11,16 +11,17 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, Timer
-from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -55,6 +56,40 @@ def quiet_known_warnings() -> None:
     for pattern in KNOWN_UPSTREAM_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTip())
+
+
+def parse_error_headline(message: str) -> str:
+    """The innermost problem of a nested jsonargparse error, on one line, to print above the full text."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    keys, inner = [], None
+    for i, line in enumerate(lines):
+        match = re.match(r'Parser key "([^"]+)":?', line)
+        if match:
+            keys.append(match.group(1))
+            inner = lines[i + 1] if i + 1 < len(lines) else None
+    if inner is None or inner.startswith(("Does not validate", "Problem with given class_path")):
+        return ""
+    return f"the problem: {'.'.join(keys)}: {inner}\nin full: "
+
+
+class GenLabParser(LightningArgumentParser):
+    """Puts the innermost problem on top of jsonargparse's nested Union/class_path messages."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if self.exit_on_error:  # the printed message, not an inner parser's raised one
+            message = parse_error_headline(message) + message
+        super().error(message, ex)
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """``--opt -1e-3`` → ``--opt=-1e-3``: argparse takes a value starting with '-' for an option."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and re.fullmatch(r"-(\d|\.\d)[\d.eE+-]*", token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
 
 
 class WandbSaveConfig(SaveConfigCallback):
@@ -128,6 +163,12 @@ class GenLabCLI(LightningCLI):
 
     def before_test(self) -> None:
         self._apply_sampling()
+        metrics = next((cb for cb in self.trainer.callbacks if isinstance(cb, GenerationMetricsCallback)), None)
+        phases = ["the test loss over the test split (shorten with --trainer.limit_test_batches 0.1)"]
+        if metrics is not None and metrics.test_num_samples:
+            phases.append(f"{'/'.join(metrics.metric_names)} from {metrics.test_num_samples:,} generated samples "
+                          f"against the {metrics.reference_split} split (--generation_metrics.test_num_samples)")
+        rank_zero_info("test runs " + "; then ".join(f"({i}) {p}" for i, p in enumerate(phases, 1)) + ".")
 
     def _apply_sampling(self) -> None:
         if isinstance(self.model, GenerativeModule):
@@ -344,6 +385,7 @@ def cli_main(args: ArgsType = None, **kwargs: Any) -> LightningCLI:
     quiet_known_warnings()
     kwargs.setdefault("save_config_callback", WandbSaveConfig)
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+    kwargs.setdefault("parser_class", GenLabParser)
     return GenLabCLI(
         LightningModule,
         LightningDataModule,
@@ -368,7 +410,9 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             print("\nand:\n  tune                Run an Optuna study whose trials are fit runs (python cli.py tune --help).")
     else:
-        cli_main(argv)  # None: LightningCLI reads sys.argv itself (passing it twice makes it warn)
+        if argv is None:
+            sys.argv[1:] = join_negative_values(sys.argv[1:])
+        cli_main(argv if argv is None else join_negative_values(argv))  # None: LightningCLI reads sys.argv
 
 
 if __name__ == "__main__":

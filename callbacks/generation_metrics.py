@@ -120,10 +120,15 @@ class GenerationMetricsCallback(Callback):
         elif n < FID_PAPER_MIN_SAMPLES:
             rank_zero_warn(f"FID from {n} samples is biased upwards; the FID paper recommends at least "
                            f"{FID_PAPER_MIN_SAMPLES} (--generation_metrics.test_num_samples).")
+        if config.describe() != self.sampling.describe():
+            rank_zero_warn(f"test FID/KID sample with {config.describe()}, but val FID/KID used {self.sampling.describe()}: "
+                           "the two are not comparable (set --sampling.* to the callback's sampling to compare).")
         results = self.evaluate(trainer, pl_module, config, n)
         for key, value in results.items():
             pl_module.log(f"test/{key}", value, on_epoch=True)
         self.last_report = self.report(trainer, pl_module, config, results)
+        self.last_report["val_sampling"] = self.sampling.describe()
+        self.last_report["comparable_with_val"] = config.describe() == self.sampling.describe()
         if trainer.is_global_zero:
             path = Path(self.report_path or Path(trainer.default_root_dir) / "eval" / "generation_metrics.json")
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -177,3 +177,26 @@ def test_resume_refuses_a_checkpoint_of_another_model_class(tmp_path):
     with pytest.raises(SystemExit, match="holds a lightning_modules.VAEModule, but this config builds a lightning_modules.DDPMModule"):
         cli_main(["fit", "--config", str(TINY), "--ckpt_path", str(tmp_path / "vae.ckpt")])
     assert not Path("run/checkpoints/last-v1.ckpt").exists()
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_checkpoint_cannot_run_code(tmp_path):
+    from metrics import ClassifierFeatures
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _Payload(str(marker))}}, evil)
+    with pytest.raises(Exception):
+        ClassifierFeatures(str(evil))
+    with pytest.raises(BaseException):
+        cli_main(["fit", "--config", str(TINY), "--ckpt_path", str(evil), "--trainer.max_steps", "1"])
+    assert not marker.exists()

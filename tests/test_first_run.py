@@ -86,3 +86,18 @@ def test_the_cpu_recipe_budget_is_its_step_count_and_a_time_cap_says_so(capsys):
     out = capsys.readouterr().out
     assert capped.trainer.global_step < 1800
     assert f"Stopped after {capped.trainer.global_step:,} of 1,800 steps: the trainer.max_time cap" in out
+
+
+def test_a_negative_value_after_a_space_reaches_the_real_check():
+    from cli import join_negative_values
+
+    assert join_negative_values(["--a", "-1e-3", "--b", "x", "-c", "--d", "-.5"]) == ["--a=-1e-3", "--b", "x", "-c", "--d=-.5"]
+    out = run_cli_subprocess("fit", "--config", str(TINY), "--model.init_args.optimizer.init_args.lr", "-1e-3", timeout=300)
+    assert out.returncode != 0
+    assert "expected one argument" not in out.stderr and "Invalid learning rate: -0.001" in out.stderr
+
+
+def test_a_nested_config_error_puts_the_innermost_problem_on_top():
+    out = run_cli_subprocess("fit", "--config", str(TINY), "--model.init_args.denoiser.init_args.channels=abc", timeout=300)
+    assert out.returncode != 0
+    assert "error: the problem: model.denoiser.channels: Expected a <class 'collections.abc.Sequence'>" in out.stderr
