@@ -101,3 +101,23 @@ def test_a_nested_config_error_puts_the_innermost_problem_on_top():
     out = run_cli_subprocess("fit", "--config", str(TINY), "--model.init_args.denoiser.init_args.channels=abc", timeout=300)
     assert out.returncode != 0
     assert "error: the problem: model.denoiser.channels: Expected a <class 'collections.abc.Sequence'>" in out.stderr
+
+
+def test_predict_loads_no_training_data_and_starts_no_wandb_run():
+    run_cli("fit", "--config", str(TINY), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0")
+    cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", "run/checkpoints/last.ckpt")
+    assert cli.trainer.logger is None
+    assert cli.datamodule._splits == {}  # the training data were never loaded
+    assert cli.model.show_progress  # per-step sampling progress in predict
+
+
+def test_the_progress_hook_counts_every_denoising_step():
+    from diffusion import DDIMSampler
+    from diffusion.hooks import Progress
+    from lightning_modules import DDPMModule
+    from networks import TinyUNet
+
+    model = DDPMModule(TinyUNet(channels=[8, 16], num_heads=2, t_emb_dim=16), num_timesteps=50, image_size=8)
+    progress = Progress("test")
+    model.sample(2, DDIMSampler(7), hooks=(progress,))
+    assert progress.bar.total == 7 and progress.bar.n == 7
