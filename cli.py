@@ -362,7 +362,7 @@ def derive_run_dirs(config: Namespace, fresh_fit: bool = False) -> None:
             print(f"runs/{base} already holds a run: this new one writes to {root}. To continue the earlier run "
                   f"instead, pass --ckpt_path runs/{base}/checkpoints/last.ckpt.")
     trainer.default_root_dir = root
-    if fresh_fit:
+    if fresh_fit and rank_zero_only.rank == 0:  # only global rank 0 writes anything
         Path(root).mkdir(parents=True, exist_ok=True)  # W&B looks for it at start
     loggers = trainer.get("logger")
     for logger in loggers if isinstance(loggers, list) else [loggers]:
