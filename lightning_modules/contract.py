@@ -96,6 +96,8 @@ class GenerativeModule(LightningModule):
         self.weights_are_ema = False  # set when a checkpoint with EMA weights is loaded
         self.iterations = 0  # training batches started so far (each may take several optimizer steps)
         self.show_progress = False  # a per-step progress bar while sampling (predict, test, metrics on rank 0)
+        self._resumed = False  # loaded from a training checkpoint (optimizer state included)
+        self._configured_lrs: list[list[float]] = []  # the config's learning rates, per optimizer and group
 
     # ---- what subclasses implement -----------------------------------------------------------------
 
@@ -179,13 +181,13 @@ class GenerativeModule(LightningModule):
         self._configured_lrs = [[g.get("initial_lr", g["lr"]) for g in opt.param_groups] for opt in self.trainer.optimizers]
 
     def on_train_start(self) -> None:
-        if getattr(self, "_resumed", False):
+        if self._resumed:
             self._apply_configured_lrs()
 
     def _apply_configured_lrs(self) -> None:
         """On resume, a learning rate given on the command line beats the one stored with the optimizer state."""
         configs = self.trainer.lr_scheduler_configs
-        for i, (opt, wanted) in enumerate(zip(self.trainer.optimizers, getattr(self, "_configured_lrs", []))):
+        for i, (opt, wanted) in enumerate(zip(self.trainer.optimizers, self._configured_lrs)):
             restored = [g.get("initial_lr", g["lr"]) for g in opt.param_groups]
             if restored == wanted:
                 continue
