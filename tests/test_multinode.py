@@ -382,7 +382,10 @@ def test_dead_or_hung_node_stops_the_other_node(sig, tmp_path, launcher):
     took = time.monotonic() - stopped
     out = (tmp_path / "node0.log").read_text(errors="replace")
     assert code != 0, out[-3000:]
-    assert "ChildFailedError" in out and re.search(r"\[rank0\]: RuntimeError: .*gloo", out), out[-3000:]
+    # Where gloo notices the lost peer varies (an all-reduce, DDP's buffer broadcast, a barrier), so the test
+    # asks only that rank 0 raised and that the error came from the collective layer.
+    assert "ChildFailedError" in out and re.search(r"\[rank0\]: \w*(Error|Exception)\b", out), out[-3000:]
+    assert re.search(r"\[rank0\]: .*(gloo|[Tt]imed out)", out), out[-3000:]
     if sig == "SIGKILL":
         assert took < 60, took
         assert re.search(r"Connection (reset|closed) by peer", out), out[-3000:]
