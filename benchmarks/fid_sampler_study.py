@@ -17,26 +17,20 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, write_result  # noqa: E402
+from benchmarks.common import data_module, hardware, score, write_result  # noqa: E402
 from benchmarks.common import sampling as make_sampling  # noqa: E402
 from callbacks.sample_grid import to_unit_range  # noqa: E402
-from datamodules import FashionMNISTDataModule, MNISTDataModule  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
-from metrics import ClassifierFeatures, GenerationMetrics, InceptionV3Features, reference_features  # noqa: E402
+from metrics import ClassifierFeatures, InceptionV3Features, reference_features  # noqa: E402
 from metrics.provenance import sha256_of, software  # noqa: E402
 
 SETTINGS = [("ddpm", 1000, 1.0)] + [("ddim", s, eta) for eta in (0.0, 1.0) for s in (10, 20, 50, 100)]
 
 
-def score(extractor, reference, images_unit: torch.Tensor, index: torch.Tensor, seed: int) -> dict:
-    metric = GenerationMetrics(extractor, reference, ["fid", "kid", "precision_recall"], seed=seed)
-    for idx in index.split(250):
-        metric.update(images_unit[idx], idx)
-    return metric.compute()
+METRICS = ("fid", "kid", "precision_recall")
 
 
 def main() -> None:
@@ -55,10 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
 
-    config = yaml.safe_load(Path(args.config).read_text())
-    data_args = {k: v for k, v in config["data"]["init_args"].items() if k != "num_workers"}
-    dm = (FashionMNISTDataModule if "Fashion" in config["data"]["class_path"] else MNISTDataModule)(**data_args)
-    dm.setup()
+    dm = data_module(args.config)
     model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).eval()
     n = args.num_samples
 
@@ -74,7 +65,7 @@ def main() -> None:
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:n]
     real_unit = train[pick].float() / 255
     rows = [{"setting": f"real train images (n={n}) — floor", "sec_per_image": 0.0,
-             **{name: score(ex, refs[name], real_unit, torch.arange(n), args.seed) for name, ex in extractors.items()}}]
+             **{name: score(ex, refs[name], real_unit, args.seed, METRICS) for name, ex in extractors.items()}}]
     print(rows[-1])
 
     index = torch.arange(n)
@@ -92,7 +83,7 @@ def main() -> None:
         seconds = (time.perf_counter() - start) / n
         unit = to_unit_range(samples, model.value_range)
         rows.append({"setting": tag, "sampling": cfg.describe(), "sec_per_image": seconds,
-                     **{name: score(ex, refs[name], unit, index, args.seed) for name, ex in extractors.items()}})
+                     **{name: score(ex, refs[name], unit, args.seed, METRICS) for name, ex in extractors.items()}})
         print(tag, {k: (v if not isinstance(v, dict) else {m: round(x, 4) for m, x in v.items()}) for k, v in rows[-1].items()
                     if k != "sampling"}, flush=True)
 

@@ -23,20 +23,17 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import hardware, write_result  # noqa: E402
+from benchmarks.common import data_module, hardware, score, write_result  # noqa: E402
 from callbacks.sample_grid import to_unit_range  # noqa: E402
-from datamodules import FashionMNISTDataModule, MNISTDataModule  # noqa: E402
 from diffusion import AdaptiveODE, AnnealedLangevin, DDIMSampler, DDPMSampler, EulerMaruyama, HeunODE, PredictorCorrector, Sampler  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
 from lightning_modules.contract import Sampling  # noqa: E402
-from metrics import ClassifierFeatures, GenerationMetrics, InceptionV3Features, reference_features  # noqa: E402
+from metrics import ClassifierFeatures, InceptionV3Features, reference_features  # noqa: E402
 from metrics.provenance import sha256_of, software  # noqa: E402
 
 
@@ -51,14 +48,6 @@ def settings() -> list[tuple[str, str, str, Sampler]]:
     al = dict(sigma_1=1.0, sigma_L=0.01, levels=10, epsilon=2e-5, uniform_init=True, init_range=(-1.0, 1.0))
     rows += [(f"ncsn-al-{t}", "NCSN annealed Langevin", "ncsn", AnnealedLangevin(steps_per_level=t, **al)) for t in (10, 100)]
     return rows
-
-
-def score(extractor: Any, reference: Any, images_unit: torch.Tensor, seed: int) -> dict:
-    metric = GenerationMetrics(extractor, reference, ["fid", "kid"], seed=seed)
-    index = torch.arange(len(images_unit))
-    for idx in index.split(250):
-        metric.update(images_unit[idx], idx)
-    return metric.compute()
 
 
 def plot(rows: list[dict], extractor: str, path: Path) -> None:
@@ -117,10 +106,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
 
-    config = yaml.safe_load(Path(args.config).read_text())
-    data_args = {k: v for k, v in config["data"]["init_args"].items() if k != "num_workers"}
-    dm = (FashionMNISTDataModule if "Fashion" in config["data"]["class_path"] else MNISTDataModule)(**data_args)
-    dm.setup()
+    dm = data_module(args.config)
     models = {"ddpm": DDPMModule.load_from_checkpoint(args.ddpm_ckpt, map_location="cpu", weights_only=True).eval()}
     if args.ncsn_ckpt:
         models["ncsn"] = DDPMModule.load_from_checkpoint(args.ncsn_ckpt, map_location="cpu", weights_only=True).eval()

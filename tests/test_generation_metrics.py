@@ -267,3 +267,25 @@ def test_metric_values_agree_between_one_and_two_processes(tmp_path):
     assert got["num_generated"] == 101
     for key in ("fid", "kid", "kid_std", "inception_score", "precision", "recall"):  # samples re-ordered by index
         assert got[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+
+
+def test_speckle_counts_isolated_pixels_and_background_haze_exactly():
+    from metrics.speckle import speckle_stats
+
+    x = torch.zeros(2, 1, 20, 20)
+    x[0, 0, 8:12, 8:12] = 1.0           # a 4x4 object: no pixel of it is isolated
+    x[0, 0, 0, 0] = 0.8                 # two isolated salt pixels, far from the object
+    x[0, 0, 17, 3] = 0.6
+    x[1, 0, 5, 5] = 0.3                 # one more; its neighbour at (5, 7) is two pixels away
+    x[1, 0, 5, 7] = 0.3
+    stats = speckle_stats(x)
+    assert stats["isolated_rate"] == pytest.approx(4 / 800 * 1000)
+    # Image 0: background is everything farther than 3 px from the object (400 - 10x10 = 300 px), 2 bright.
+    # Image 1 has no object: all 400 px are background, 2 bright.
+    assert stats["haze"] == pytest.approx(4 / 700)
+
+    clean = torch.zeros(3, 1, 28, 28)
+    clean[:, :, 10:18, 12:16] = torch.rand(3, 1, 8, 4) * 0.5 + 0.5
+    assert speckle_stats(clean) == {"isolated_rate": 0.0, "haze": 0.0}
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        speckle_stats(clean * 2 - 1)
