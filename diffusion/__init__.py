@@ -15,6 +15,7 @@ from diffusion.samplers import (
     SampleOutput,
     Sampler,
     StepState,
+    dynamic_threshold,
 )
 from diffusion.sde import SDE, VESDE, VPSDE, DiscreteVPSDE, SubVPSDE, as_sde
 from diffusion.sde_samplers import (
@@ -35,6 +36,7 @@ __all__ = [
     "DDPMSampler",
     "DDIMSampler",
     "DenoiseFn",
+    "dynamic_threshold",
     "Prediction",
     "SampleOutput",
     "StepState",

@@ -49,6 +49,8 @@ class DenoiseFn:
         process: the noise process the network was trained on.
         prediction_type: what the network predicts (``epsilon``, ``sample``, ``v_prediction``).
         clip_range: clip x̂_0 to this range and recompute ε̂ from it (None: no clipping).
+        threshold: with ``clip_range``, Imagen's dynamic thresholding at this percentile instead of the static
+            clip (``dynamic_threshold``).
     """
 
     def __init__(
@@ -57,8 +59,10 @@ class DenoiseFn:
         process: NoiseProcess,
         prediction_type: PredictionType = "epsilon",
         clip_range: tuple[float, float] | None = None,
+        threshold: float | None = None,
     ) -> None:
         self.net_fn, self.process, self.prediction_type, self.clip_range = net_fn, process, prediction_type, clip_range
+        self.threshold = threshold
         self.nfe = 0
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:
@@ -70,7 +74,8 @@ class DenoiseFn:
         x0, eps = self.process.to_x0_eps(self.raw(x, t), x, t, self.prediction_type)
         if self.clip_range is not None:
             alpha, sigma = self.process.marginal(t, x.ndim)
-            x0 = x0.clamp(*self.clip_range)
+            x0 = (x0.clamp(*self.clip_range) if self.threshold is None
+                  else dynamic_threshold(x0, self.clip_range, self.threshold))
             eps = (x - alpha.to(x.dtype) * x0) / sigma.to(x.dtype)
         return Prediction(x0, eps)
 
@@ -78,6 +83,23 @@ class DenoiseFn:
         """∇_x log p_t(x) = −ε̂ / σ(t) (Song et al. 2021, the ε-network as a score model)."""
         _, sigma = self.process.marginal(t, x.ndim)
         return -self(x, t).eps / sigma
+
+
+def dynamic_threshold(x0: Tensor, value_range: tuple[float, float], percentile: float) -> Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3), for any value range.
+
+    In the range's centred units u = (x̂_0 − c) / h: s = max(quantile_p(|u|), 1) per sample, then
+    u ← clamp(u, −s, s) / s. Samples inside the range are untouched; saturated ones are pulled in whole
+    instead of flattened at the bounds.
+    """
+    if not 0.0 < percentile <= 1.0:
+        raise ValueError(f"dynamic threshold percentile must be in (0, 1], got {percentile}.")
+    low, high = value_range
+    centre, half = (low + high) / 2, (high - low) / 2
+    u = (x0 - centre) / half
+    s = torch.quantile(u.abs().flatten(1).float(), percentile, dim=1).clamp(min=1.0).to(u.dtype)
+    s = s.view(-1, *([1] * (u.ndim - 1)))
+    return centre + half * torch.maximum(torch.minimum(u, s), -s) / s
 
 
 @dataclass

@@ -30,7 +30,7 @@ class _CountingDenoiseFn(DenoiseFn):
     """The caller's network re-bound to an SDE: each evaluation also counts on the caller's DenoiseFn."""
 
     def __init__(self, outer: DenoiseFn, sde: SDE) -> None:
-        super().__init__(outer.net_fn, sde, outer.prediction_type, outer.clip_range)
+        super().__init__(outer.net_fn, sde, outer.prediction_type, outer.clip_range, outer.threshold)
         self.outer = outer
 
     def raw(self, x: Tensor, t: Tensor) -> Tensor:

@@ -55,6 +55,8 @@ class DDPMModule(GenerativeModule):
         channels: image channels; linked from the data module.
         value_range: pixel range of the data; linked from the data module. Samples are clipped to it.
         clip_denoised: clip x̂_0 to ``value_range`` at every sampling step.
+        dynamic_threshold: with ``clip_denoised``, Imagen's dynamic thresholding at this percentile (e.g. 0.995)
+            instead of the static clip; null keeps the static clip.
     """
 
     def __init__(
@@ -75,6 +77,7 @@ class DDPMModule(GenerativeModule):
         channels: int = 1,
         value_range: tuple[float, float] = (0.0, 1.0),
         clip_denoised: bool = True,
+        dynamic_threshold: Optional[float] = None,
     ) -> None:
         super().__init__()
         save_config_hparams(self, objects=("denoiser", "optimizer", "process"))
@@ -96,7 +99,10 @@ class DDPMModule(GenerativeModule):
         self.lr_schedule = lr_schedule or LRSchedule(warmup_steps=warmup_steps)
         self.image_shape = (channels, image_size, image_size)
         self.value_range = (float(value_range[0]), float(value_range[1]))
+        if dynamic_threshold is not None and not 0.0 < dynamic_threshold <= 1.0:
+            raise ValueError(f"dynamic_threshold is a percentile in (0, 1], e.g. 0.995; got {dynamic_threshold}.")
         self.clip_denoised = clip_denoised
+        self.dynamic_threshold = dynamic_threshold
         self.num_classes = int(denoiser.num_classes)
         self.last_nfe: int | None = None  # network evaluations per sample of the last generate()
 
@@ -173,7 +179,8 @@ class DDPMModule(GenerativeModule):
         if labels is not None:
             labels = labels.to(self.device)
         return DenoiseFn(lambda x, t: self.guided_prediction(x, t, labels, guidance_scale, **kwargs), self.process,
-                         self.prediction_type, self.value_range if self.clip_denoised else None)  # type: ignore[arg-type]
+                         self.prediction_type, self.value_range if self.clip_denoised else None,  # type: ignore[arg-type]
+                         self.dynamic_threshold)
 
     @torch.no_grad()
     def sample(

@@ -139,3 +139,27 @@ def test_spacing_matches_float64_reference_for_every_step_count(spacing):
     for n in range(1, T + 1):
         assert spaced_timesteps(T, n, spacing).tolist() == _reference_steps(T, n, spacing), (spacing, n)
     assert 936 in spaced_timesteps(T, 48, "trailing").tolist()  # float32 rounding gave 937
+
+
+def test_dynamic_threshold_closed_forms_and_consistent_eps():
+    from diffusion import dynamic_threshold
+
+    inside = torch.rand(1, 1, 6, 6) * 0.8 + 0.1                       # within (0, 1): untouched
+    wide = torch.linspace(-1.5, 2.5, 36).view(1, 1, 6, 6)             # centred units u = 2x - 1 in [-4, 4]
+    out = dynamic_threshold(torch.cat([inside, wide]), (0.0, 1.0), 1.0)
+    torch.testing.assert_close(out[0], inside[0])
+    torch.testing.assert_close(out[1], 0.5 + 0.5 * (2 * wide[0] - 1) / 4)   # s = max |u| = 4: scaled, not clipped
+    assert out.min() >= 0 and out.max() <= 1
+    # p < 1: s is the p-quantile of |u|; values beyond it are clamped, then everything is divided by s.
+    u = torch.tensor([0.0, 1.0, 2.0, 3.0, 10.0]).view(1, 1, 1, 5)
+    s = float(torch.quantile(u.abs().flatten(), 0.75))
+    torch.testing.assert_close(dynamic_threshold(u, (-1.0, 1.0), 0.75), u.clamp(-s, s) / s)
+    with pytest.raises(ValueError, match="percentile"):
+        dynamic_threshold(u, (-1.0, 1.0), 0.0)
+
+    schedule = NoiseSchedule("linear", 100)
+    x, t = torch.randn(4, 1, 5, 5) * 3, torch.full((4,), 10)
+    pred = DenoiseFn(lambda x, t: -x, schedule, "epsilon", (-1.0, 1.0), threshold=0.9)(x, t)
+    alpha, sigma = schedule.marginal(t, 4)
+    assert pred.x0.abs().max() <= 1 + 1e-6
+    torch.testing.assert_close(alpha * pred.x0 + sigma * pred.eps, x)
