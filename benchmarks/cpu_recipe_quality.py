@@ -11,8 +11,9 @@ For one class-conditional DDPM checkpoint (``sweeps/ddpm_{mnist,fashion_mnist}_c
 
 Row groups (``--groups``): ``guidance`` (w = 0, 0.5, 1, 2, 3 at DDIM-50), ``steps`` (DDIM 10/20/50/100 under
 leading and trailing spacing at w = ``--w``), ``causes`` (the speckle suspects at DDIM-50, w = ``--w``: x̂_0
-clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights, DDPM ancestral and the Heun probability-flow ODE). Writes a JSON
-result, a Markdown table, the FID-legibility frontier plot, and a 10 x 10 grid per row with ``--grids``.
+clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights; and DDPM ancestral with 100
+respaced steps, the Heun probability-flow ODE with 25 steps). Writes a JSON result, a Markdown table, the
+FID-legibility frontier plot, and a 10 x 10 grid per row with ``--grids``.
 
     python benchmarks/cpu_recipe_quality.py --config sweeps/ddpm_fashion_mnist_cpu.yaml \\
         --ckpt runs/ddpm_fashion_mnist_cpu/checkpoints/last.ckpt \\
@@ -68,7 +69,7 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
         rows += [Row(f"ddim50-w{w:g}-noclip", "causes", DDIMSampler(50), w, clip=False),
                  Row(f"ddim50-w{w:g}-dynthresh", "causes", DDIMSampler(50), w, threshold=0.995),
                  Row(f"ddim50-w{w:g}-raw", "causes", DDIMSampler(50), w, weights="raw"),
-                 Row(f"ddpm1000-w{w:g}", "causes", DDPMSampler(None), w),
+                 Row(f"ddpm100-w{w:g}", "causes", DDPMSampler(100), w),
                  Row(f"heun25-w{w:g}", "causes", HeunODE(25), w)]
     return rows
 
@@ -81,6 +82,12 @@ def legibility(extractor: ClassifierFeatures, images_unit: torch.Tensor, labels:
     hit = pred == labels
     return {"legible": float((hit & (conf >= CONFIDENCE)).float().mean()), "accuracy": float(hit.float().mean()),
             "mean_confidence_in_label": float(probs.gather(1, labels[:, None]).mean())}
+
+
+def quality(extractor: ClassifierFeatures, reference, images_unit: torch.Tensor, labels: torch.Tensor, seed: int) -> dict:
+    """FID/KID, legibility and background speckle of images in [0, 1] drawn for ``labels``."""
+    return {"classifier": score(extractor, reference, images_unit, seed), **legibility(extractor, images_unit, labels),
+            "speckle": speckle_stats(images_unit)}
 
 
 def load_weights(ckpt: dict, model: DDPMModule, which: str) -> None:
@@ -155,14 +162,11 @@ def main() -> None:
     n, index = args.num_samples, torch.arange(args.num_samples)
     grids = Path(args.grids) if args.grids else None
 
-    def measure(images_unit: torch.Tensor, labels: torch.Tensor) -> dict:
-        return {"classifier": score(extractor, reference, images_unit, args.seed),
-                **legibility(extractor, images_unit, labels), "speckle": speckle_stats(images_unit)}
-
     train = dm.dataset("train")
     pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(args.seed))[:n]
     results = [{"setting": f"real train images (n={n}) — ceiling", "group": "floor", "sec_per_image": 0.0,
-                **measure(train.images[pick].float() / 255, torch.as_tensor(train.labels)[pick].long())}]
+                **quality(extractor, reference, train.images[pick].float() / 255,
+                            torch.as_tensor(train.labels)[pick].long(), args.seed)}]
     print(results[-1], flush=True)
 
     ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
@@ -184,7 +188,7 @@ def main() -> None:
         samples = torch.cat(chunks)
         results.append({"setting": row.tag, "group": row.group, "sampling": cfg.describe(), "clip_x0": row.clip, "dynamic_threshold": row.threshold,
                         "weights": row.weights, "nfe": sum(nfe) / len(nfe), "sec_per_image": seconds,
-                        **measure(to_unit_range(samples, model.value_range), labels)})
+                        **quality(extractor, reference, to_unit_range(samples, model.value_range), labels, args.seed)})
         print(row.tag, {k: v for k, v in results[-1].items() if k != "sampling"}, flush=True)
         if grids:
             from torchvision.utils import save_image

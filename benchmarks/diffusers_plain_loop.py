@@ -28,14 +28,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import data_module, hardware, score, write_result  # noqa: E402
-from benchmarks.cpu_recipe_quality import legibility  # noqa: E402
+from benchmarks.common import data_module, hardware, write_result  # noqa: E402
+from benchmarks.cpu_recipe_quality import quality  # noqa: E402
 from callbacks.sample_grid import to_unit_range  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
 from lightning_modules.contract import Sampling  # noqa: E402
 from metrics import ClassifierFeatures, reference_features  # noqa: E402
 from metrics.provenance import sha256_of, software  # noqa: E402
-from metrics.speckle import speckle_stats  # noqa: E402
 
 PAD = 2  # 28 -> 32: UNet2DModel halves the size twice, and the examples train at 32
 
@@ -130,9 +129,8 @@ def main() -> None:
     labels = torch.arange(args.num_samples) % 10
 
     def measure(samples: torch.Tensor, seconds: float) -> dict:
-        unit = to_unit_range(samples, (-1.0, 1.0))
-        return {"sec_per_image": seconds / len(samples), "classifier": score(extractor, reference, unit, args.seed),
-                **legibility(extractor, unit, labels), "speckle": speckle_stats(unit)}
+        return {"sec_per_image": seconds / len(samples),
+                **quality(extractor, reference, to_unit_range(samples, (-1.0, 1.0)), labels, args.seed)}
 
     net, training = train_plain(dm, steps, args.seed)
     start = time.perf_counter()

@@ -59,6 +59,9 @@ class DDPMModule(GenerativeModule):
             instead of the static clip; null keeps the static clip.
     """
 
+    # x̂_0 clipping is a sampling choice: predict/test on a checkpoint may change it
+    resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold")
+
     def __init__(
         self,
         denoiser: Denoiser,

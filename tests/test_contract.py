@@ -60,6 +60,19 @@ def test_an_old_checkpoint_loads_and_predicts_the_same_samples():
     assert np.array_equal(new, np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
 
 
+def test_predict_may_change_the_x0_clipping_of_a_checkpoint():
+    """clip_denoised and dynamic_threshold are sampling choices: predict applies them instead of refusing."""
+    cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
+                  "--sampling.sampler.steps", "5", "--sampling.guidance_scale", "1.5", "--sampling.seed", "3",
+                  "--model.init_args.dynamic_threshold", "0.9", "--predict_dir", "pred")
+    assert cli.model.dynamic_threshold == 0.9 and cli.model.clip_denoised
+    new = np.load("pred/samples_rank0.npz")["samples"]
+    assert not np.array_equal(new, np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
+    cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
+                  "--sampling.sampler.steps", "5", "--model.init_args.clip_denoised", "false", "--predict_dir", "pred2")
+    assert cli.model.clip_denoised is False
+
+
 # ---- samplers by class_path, hooks ---------------------------------------------------------------
 
 class X0JumpSampler(Sampler):
