@@ -20,6 +20,7 @@ floor: n real training images. Extractors: the in-domain classifier, plus the FI
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -90,11 +91,11 @@ def markdown(rows: list[dict], extractors: list[str]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", required=True, help="config whose data section gives the data set")
-    ap.add_argument("--ddpm-ckpt", required=True)
+    ap.add_argument("--config", help="config whose data section gives the data set")
+    ap.add_argument("--ddpm-ckpt")
     ap.add_argument("--ncsn-ckpt", default=None,
                     help="NCSN checkpoint (sweeps/ncsn_fashion_mnist_cpu.yaml); omitted: no NCSN rows")
-    ap.add_argument("--features", required=True, help="FeatureClassifierModule checkpoint (in-domain extractor)")
+    ap.add_argument("--features", help="FeatureClassifierModule checkpoint (in-domain extractor)")
     ap.add_argument("--inception-weights", default=None, help="local FID Inception weights; omitted: skip Inception")
     ap.add_argument("--num-samples", type=int, default=500)
     ap.add_argument("--guidance", type=float, default=0.0, help="CFG weight for the class-conditional DDPM")
@@ -103,7 +104,13 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma list of tags (ddim-10,pc-20,ncsn-al-100,...) to run a subset")
     ap.add_argument("--cache-dir", default="runs/feature_cache")
     ap.add_argument("--out", default="docs/benchmarks/sampler_nfe_study.json")
+    ap.add_argument("--merge", nargs="+", default=None,
+                    help="instead of sampling: combine the JSON results of runs that each did an --only subset")
     args = ap.parse_args()
+    if args.merge:
+        return merge(args.merge, args.out)
+    if not (args.config and args.ddpm_ckpt and args.features):
+        ap.error("--config, --ddpm-ckpt and --features are required (unless --merge)")
     torch.manual_seed(args.seed)
 
     dm = data_module(args.config)
@@ -123,6 +130,19 @@ def main() -> None:
              **{name: score(ex, refs[name], train[pick].float() / 255, args.seed) for name, ex in extractors.items()}}]
     print(rows[-1], flush=True)
 
+    header = {
+        "what": "in-domain FID/KID vs NFE and wall-clock, DDPM under every sampler family + NCSN annealed Langevin",
+        "command": " ".join(sys.argv), "num_samples": n,
+        "checkpoints": {k: {"path": p, "sha256": sha256_of(p), "ema": models[k].weights_are_ema,
+                            "process": models[k].provenance()["process"]}
+                        for k, p in (("ddpm", args.ddpm_ckpt), ("ncsn", args.ncsn_ckpt)) if p},
+        "labels": "DDPM: i mod 10 (balanced) when class-conditional; NCSN: unconditional",
+        "guidance_scale": args.guidance,
+        "reference": {name: {k: v for k, v in r.info.items() if k != "extractor"} for name, r in refs.items()},
+        "extractors": {name: ex.describe() for name, ex in extractors.items()},
+        "kid_protocol": "100 subsets of min(256, n), cubic kernel (x.y/d + 1)^3",
+        "software": software(),
+    }
     wanted = set(args.only.split(",")) if args.only else None
     index = torch.arange(n)
     for tag, family, which, sampler in settings():
@@ -144,24 +164,29 @@ def main() -> None:
                      "nfe": float(sum(nfe)) / len(nfe), "sec_per_image": seconds,
                      **{name: score(ex, refs[name], unit, args.seed) for name, ex in extractors.items()}})
         print(tag, {k: v for k, v in rows[-1].items() if k != "sampling"}, flush=True)
+        save(Path(args.out), header, rows, list(extractors), complete=False)  # a stopped run keeps its rows
+    save(Path(args.out), header, rows, list(extractors), complete=True)
 
-    out = Path(args.out)
-    write_result(str(out), {
-        "what": "in-domain FID/KID vs NFE and wall-clock, DDPM under every sampler family + NCSN annealed Langevin",
-        "command": " ".join(sys.argv), "num_samples": n,
-        "checkpoints": {k: {"path": p, "sha256": sha256_of(p), "ema": models[k].weights_are_ema,
-                            "process": models[k].provenance()["process"]}
-                        for k, p in (("ddpm", args.ddpm_ckpt), ("ncsn", args.ncsn_ckpt)) if p},
-        "labels": "DDPM: i mod 10 (balanced) when class-conditional; NCSN: unconditional",
-        "guidance_scale": args.guidance,
-        "reference": {name: {k: v for k, v in r.info.items() if k != "extractor"} for name, r in refs.items()},
-        "extractors": {name: ex.describe() for name, ex in extractors.items()},
-        "kid_protocol": "100 subsets of min(256, n), cubic kernel (x.y/d + 1)^3",
-        "rows": rows, "software": software(), "hardware": hardware(),
-    })
-    out.with_suffix(".md").write_text(markdown(rows, list(extractors)))
+
+def save(out: Path, header: dict, rows: list[dict], extractors: list[str], complete: bool) -> None:
+    """The JSON result, its Markdown table and the FID-vs-NFE plot."""
+    write_result(str(out), {**header, "complete": complete, "rows": rows, "hardware": hardware()})
+    out.with_suffix(".md").write_text(markdown(rows, extractors))
     plot(rows, "classifier", out.with_suffix(".png"))
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
+def merge(parts: list[str], out: str) -> None:
+    """One result from runs that each did a subset of the rows (``--only``) side by side, in settings() order."""
+    results = [json.loads(Path(p).read_text()) for p in parts]
+    order = {tag: i for i, (tag, *_rest) in enumerate(settings())}
+    rows = {r["setting"]: r for res in results for r in res["rows"] if r["setting"] in order}
+    floor = [r for r in results[0]["rows"] if r["setting"] not in order]
+    header = {k: v for k, v in results[0].items() if k not in ("rows", "hardware", "complete", "command")}
+    header["commands"] = [res.get("command") for res in results]
+    header["hardware_of_parts"] = [res.get("hardware") for res in results]
+    save(Path(out), header, floor + sorted(rows.values(), key=lambda r: order[r["setting"]]),
+         [k for k in floor[0] if k not in ("setting", "sec_per_image")], complete=all(r.get("complete", True) for r in results))
 
 
 if __name__ == "__main__":
