@@ -118,11 +118,13 @@ class GenerativeModule(LightningModule):
         """The guidance weight a ``Sampling`` with ``guidance_scale: null`` gets (0: no guidance)."""
         return 0.0
 
-    def resolve_sampling(self, sampling: Sampling) -> Sampling:
-        """``sampling`` with the model's defaults filled in, checked (``check_sampling``) before any work."""
+    def resolve_sampling(self, sampling: Sampling, check: bool = True) -> Sampling:
+        """``sampling`` with the model's defaults filled in, checked (``check_sampling``) before any work
+        unless ``check`` is False (describing settings that will not run, as in ``provenance``)."""
         if sampling.guidance_scale is None:
             sampling = replace(sampling, guidance_scale=self.default_guidance)
-        self.check_sampling(sampling)
+        if check:
+            self.check_sampling(sampling)
         return sampling
 
     # ---- shared behaviour --------------------------------------------------------------------------

@@ -208,6 +208,15 @@ def test_interpolate_writes_a_strip(tmp_path):
 
 # ---- NCSN / VE processes ----------------------------------------------------------------------------------
 
+def test_provenance_of_a_model_whose_default_sampler_cannot_run_on_it():
+    """The NCSN's default DDIM sampling is refused when sampling, but describing the model must not raise."""
+    module = tiny_module(process=NCSNProcess(0.01, 1.0, 10), clip_denoised=False)
+    with pytest.raises(ValueError, match="SDE sampler"):
+        module.generate(torch.arange(2))
+    record = module.provenance()
+    assert record["process"].startswith("NCSNProcess") and record["sampling"]["sampler"]["class_path"].endswith("DDIMSampler")
+
+
 def test_ncsn_process_levels_and_network_time():
     p = NCSNProcess(0.01, 1.0, 10)
     sigmas = p.sigmas()
