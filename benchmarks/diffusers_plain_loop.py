@@ -70,7 +70,7 @@ def train_plain(dm, steps: int, seed: int) -> tuple[torch.nn.Module, dict]:
             loss.backward()
             opt.step()
             ema.step(net.parameters())
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             if step % 100 == 0:
                 print(f"plain loop step {step}/{steps} loss {sum(losses[-100:]) / 100:.4f}", flush=True)
