@@ -26,9 +26,11 @@ def sampling(sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: 
     return Sampling(DDIMSampler(steps, eta=eta, spacing=spacing), guidance_scale, seed)
 
 
-def write_result(path: str | None, result: dict) -> None:
+def write_result(path: str | None, result: dict, echo: bool = True) -> None:
+    """Write ``result`` as JSON to ``path`` (if given); ``echo`` also prints it."""
     text = json.dumps(result, indent=2)
-    print(text)
+    if echo:
+        print(text)
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")

@@ -170,7 +170,7 @@ def main() -> None:
 
 def save(out: Path, header: dict, rows: list[dict], extractors: list[str], complete: bool) -> None:
     """The JSON result, its Markdown table and the FID-vs-NFE plot."""
-    write_result(str(out), {**header, "complete": complete, "rows": rows, "hardware": hardware()})
+    write_result(str(out), {**header, "complete": complete, "rows": rows, "hardware": hardware()}, echo=False)
     out.with_suffix(".md").write_text(markdown(rows, extractors))
     plot(rows, "classifier", out.with_suffix(".png"))
     print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")

@@ -248,7 +248,8 @@ class DDPMModule(GenerativeModule):
         return {"samples": samples.cpu(), "index": indices.cpu(), "labels": labels.cpu()}
 
     def provenance(self) -> dict[str, Any]:
-        return {**super().provenance(), "sampling": self.resolve_sampling(self.sampling, check=False).describe(), "nfe": self.last_nfe,
+        sampling = self.resolve_sampling(self.sampling, check=False)
+        return {**super().provenance(), "sampling": sampling.describe(), "nfe": self.last_nfe,
                 "process": f"{type(self.process).__name__}({self.process.extra_repr()})",
                 "schedule": getattr(self.process, "schedule", None),
                 "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type}

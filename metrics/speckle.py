@@ -1,7 +1,8 @@
 """Background cleanliness of dark-background images (MNIST, Fashion-MNIST): salt-and-pepper speckle and haze.
 
-Real MNIST and Fashion-MNIST backgrounds are exactly 0, so any light pixel far from the object is a sampler or
-model artefact. Two numbers, both ~0 on real data:
+Real MNIST backgrounds are exactly 0, so any light pixel far from the digit is a sampler or model artefact.
+Two numbers; compare them with the same numbers on real images of the data set (real MNIST: ~0; Fashion-MNIST's
+dark garment parts count as background, so its real haze is above 0):
 
 - ``isolated_rate``: pixels brighter than ``on`` whose 8 neighbours are all darker than ``off``, per 1,000 pixels
   (salt speckle: strokes and garments are never one pixel wide after anti-aliasing);
