@@ -191,14 +191,27 @@ class GenLabCLI(LightningCLI):
         if trainer.is_global_zero and trainer.max_steps > 0 and trainer.global_step < trainer.max_steps \
                 and not trainer.interrupted:
             timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
-            why = (f"the trainer.max_time cap ({timer._duration:.0f} s) was reached first" if timer is not None
-                   and timer.time_remaining() is not None and timer.time_remaining() <= 0 else "training ended early")
+            resume = f"--ckpt_path {Path(trainer.default_root_dir) / 'checkpoints' / 'last.ckpt'}"
+            if timer is not None and timer.time_remaining() is not None and timer.time_remaining() <= 0:
+                why = (f"the trainer.max_time cap ({timer._duration:.0f} s) was reached first; the cap counts "
+                       f"training time across resumes")
+                resume += f" --trainer.max_time {_max_time_to_finish(timer.time_elapsed('train'), trainer)}"
+            else:
+                why = "training ended early"
             print(f"Stopped after {trainer.global_step:,} of {trainer.max_steps:,} steps: {why}. Resume with "
-                  f"--ckpt_path {Path(trainer.default_root_dir) / 'checkpoints' / 'last.ckpt'} to finish the budget.")
+                  f"{resume} to finish the budget.")
         logger = get_wandb_logger(self.trainer)
         hint = offline_sync_hint(logger) if logger is not None and self.trainer.is_global_zero else None
         if hint:
             print(f"W&B ran offline. Upload this run with:\n    {hint}")
+
+
+def _max_time_to_finish(elapsed_s: float, trainer: Trainer) -> str:
+    """A ``max_time`` (DD:HH:MM:SS) that covers the steps left at this run's pace, with a 50% margin."""
+    pace = elapsed_s / max(trainer.global_step, 1)
+    total = int(elapsed_s + 1.5 * pace * (trainer.max_steps - trainer.global_step)) + 60
+    days, rest = divmod(total, 86400)
+    return f"{days:02d}:{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
 
 
 # ---- one fact, one place ---------------------------------------------------------------------------

@@ -4,12 +4,14 @@ For one class-conditional DDPM checkpoint (``sweeps/ddpm_{mnist,fashion_mnist}_c
 ``--num-samples`` images with labels i mod 10 and reports:
 
 - in-domain FID/KID against the test split (``--features``: the shipped feature classifier);
-- legibility: the share of samples that the same classifier, trained on real images only, assigns to their
-  conditioning label with confidence >= 0.9 (the real training images give the ceiling);
+- legibility: the share of samples that a judge classifier, trained on real images only, assigns to their
+  conditioning label with confidence >= 0.9 (``--judge``; default the feature classifier; the real training
+  images give the ceiling);
 - speckle and haze of the background (``metrics.speckle``; ~0 on real data);
 - NFE and seconds per image.
 
-Row groups (``--groups``): ``guidance`` (w = 0, 0.5, 1, 2, 3 at DDIM-50), ``steps`` (DDIM 10/20/50/100 under
+Row groups (``--groups``): ``guidance`` (w = 0, 0.5, 1, 2, 3 at DDIM-50), ``ancestral`` (the same w at DDPM
+ancestral sampling with 100 respaced steps, plus 50 and 200 steps at w = ``--w``), ``steps (DDIM 10/20/50/100 under
 leading and trailing spacing at w = ``--w``), ``causes`` (the speckle suspects at DDIM-50, w = ``--w``: x̂_0
 clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights; and DDPM ancestral with 100
 respaced steps, the Heun probability-flow ODE with 25 steps). Writes a JSON result, a Markdown table, the
@@ -62,6 +64,9 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
     rows: list[Row] = []
     if "guidance" in groups:
         rows += [Row(f"ddim50-w{g:g}", "guidance", DDIMSampler(50), g) for g in (0.0, 0.5, 1.0, 2.0, 3.0)]
+    if "ancestral" in groups:
+        rows += [Row(f"ddpm100-w{g:g}", "ancestral", DDPMSampler(100), g) for g in (0.0, 0.5, 1.0, 2.0, 3.0)]
+        rows += [Row(f"ddpm{s}-w{w:g}", "ancestral", DDPMSampler(s), w) for s in (50, 200)]
     if "steps" in groups:
         rows += [Row(f"ddim{s}-{sp}-w{w:g}", "steps", DDIMSampler(s, spacing=sp), w)
                  for sp in ("leading", "trailing") for s in (10, 20, 50, 100)]
@@ -75,18 +80,19 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
 
 
 @torch.no_grad()
-def legibility(extractor: ClassifierFeatures, images_unit: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def legibility(judge: ClassifierFeatures, images_unit: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """Share of images classified as their label with confidence >= CONFIDENCE, plus plain accuracy."""
-    probs = torch.cat([extractor.extract(x)[1].softmax(-1) for x in images_unit.split(500)])
+    probs = torch.cat([judge.extract(x)[1].softmax(-1) for x in images_unit.split(500)])
     conf, pred = probs.max(-1)
     hit = pred == labels
     return {"legible": float((hit & (conf >= CONFIDENCE)).float().mean()), "accuracy": float(hit.float().mean()),
             "mean_confidence_in_label": float(probs.gather(1, labels[:, None]).mean())}
 
 
-def quality(extractor: ClassifierFeatures, reference, images_unit: torch.Tensor, labels: torch.Tensor, seed: int) -> dict:
+def quality(extractor: ClassifierFeatures, judge: ClassifierFeatures, reference, images_unit: torch.Tensor,
+            labels: torch.Tensor, seed: int) -> dict:
     """FID/KID, legibility and background speckle of images in [0, 1] drawn for ``labels``."""
-    return {"classifier": score(extractor, reference, images_unit, seed), **legibility(extractor, images_unit, labels),
+    return {"classifier": score(extractor, reference, images_unit, seed), **legibility(judge, images_unit, labels),
             "speckle": speckle_stats(images_unit)}
 
 
@@ -107,13 +113,14 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for row in rows:
-        marker = {"floor": "*", "guidance": "o", "steps": "s", "causes": "^"}[row["group"]]
+        marker = {"floor": "*", "guidance": "o", "ancestral": "D", "steps": "s", "causes": "^"}[row["group"]]
         ax.scatter(row["legible"], row["classifier"]["fid"], marker=marker, s=40)
         ax.annotate(row["setting"].split(" ")[0], (row["legible"], row["classifier"]["fid"]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
-    guidance = [r for r in rows if r["group"] == "guidance"]
-    if guidance:
-        ax.plot([r["legible"] for r in guidance], [r["classifier"]["fid"] for r in guidance], c="grey", lw=0.8)
+    for group, colour in (("guidance", "grey"), ("ancestral", "tab:blue")):
+        curve = [r for r in rows if r["group"] == group and r["setting"].startswith(("ddim50-", "ddpm100-"))]
+        if len(curve) > 1:
+            ax.plot([r["legible"] for r in curve], [r["classifier"]["fid"] for r in curve], c=colour, lw=0.8)
     ax.set_yscale("log")
     ax.set_xlabel(f"legibility: share classified as its label at confidence >= {CONFIDENCE}")
     ax.set_ylabel("FID (in-domain classifier features, log)")
@@ -138,9 +145,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="config whose data section gives the data set")
     ap.add_argument("--ckpt", required=True, help="class-conditional DDPMModule checkpoint")
-    ap.add_argument("--features", required=True, help="FeatureClassifierModule checkpoint (FID features and judge)")
+    ap.add_argument("--features", required=True, help="FeatureClassifierModule checkpoint for FID/KID features")
+    ap.add_argument("--judge", default=None, help="FeatureClassifierModule checkpoint judging legibility "
+                                                  "(default: --features)")
     ap.add_argument("--num-samples", type=int, default=1000)
-    ap.add_argument("--groups", default="guidance,steps,causes")
+    ap.add_argument("--groups", default="guidance,ancestral,steps,causes")
     ap.add_argument("--only", default=None, help="comma list of row tags to run")
     ap.add_argument("--w", type=float, default=None, help="guidance weight of the steps/causes rows (default: the model's)")
     ap.add_argument("--batch-size", type=int, default=250)
@@ -157,6 +166,7 @@ def main() -> None:
         raise SystemExit(f"{args.ckpt} is unconditional; legibility needs a class-conditional model.")
     w = model.default_guidance if args.w is None else args.w
     extractor = ClassifierFeatures(args.features)
+    judge = ClassifierFeatures(args.judge) if args.judge else extractor
     reference = reference_features(extractor, dm.dataset("test").images, args.cache_dir,
                                    {"dataset": dm.name, "split": "test"})[0]
     n, index = args.num_samples, torch.arange(args.num_samples)
@@ -165,7 +175,7 @@ def main() -> None:
     train = dm.dataset("train")
     pick = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(args.seed))[:n]
     results = [{"setting": f"real train images (n={n}) — ceiling", "group": "floor", "sec_per_image": 0.0,
-                **quality(extractor, reference, train.images[pick].float() / 255,
+                **quality(extractor, judge, reference, train.images[pick].float() / 255,
                             torch.as_tensor(train.labels)[pick].long(), args.seed)}]
     print(results[-1], flush=True)
 
@@ -188,7 +198,7 @@ def main() -> None:
         samples = torch.cat(chunks)
         results.append({"setting": row.tag, "group": row.group, "sampling": cfg.describe(), "clip_x0": row.clip, "dynamic_threshold": row.threshold,
                         "weights": row.weights, "nfe": sum(nfe) / len(nfe), "sec_per_image": seconds,
-                        **quality(extractor, reference, to_unit_range(samples, model.value_range), labels, args.seed)})
+                        **quality(extractor, judge, reference, to_unit_range(samples, model.value_range), labels, args.seed)})
         print(row.tag, {k: v for k, v in results[-1].items() if k != "sampling"}, flush=True)
         if grids:
             from torchvision.utils import save_image
@@ -203,7 +213,8 @@ def main() -> None:
             "command": " ".join(sys.argv), "num_samples": n, "seed": args.seed,
             "checkpoint": {"path": args.ckpt, "sha256": sha256_of(args.ckpt), "provenance": model.provenance()},
             "labels": "i mod 10 (balanced)",
-            "legibility": f"argmax of the feature classifier == label, confidence >= {CONFIDENCE}",
+            "legibility": f"argmax of the judge == label, confidence >= {CONFIDENCE}",
+            "judge": judge.describe(),
             "reference": {k: v for k, v in reference.info.items() if k != "extractor"},
             "extractor": extractor.describe(),
             "kid_protocol": "100 subsets of min(256, n), cubic kernel (x.y/d + 1)^3",

@@ -104,7 +104,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="the genlab config (its data section is used for both)")
     ap.add_argument("--ckpt", required=True, help="the genlab DDPMModule checkpoint to compare with")
-    ap.add_argument("--features", required=True, help="FeatureClassifierModule checkpoint (FID features and judge)")
+    ap.add_argument("--features", required=True, help="FeatureClassifierModule checkpoint for FID/KID features")
+    ap.add_argument("--judge", default=None, help="FeatureClassifierModule checkpoint judging legibility "
+                                                  "(default: --features)")
     ap.add_argument("--steps", type=int, default=None, help="plain-loop optimizer steps (default: the checkpoint's)")
     ap.add_argument("--num-samples", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=250)
@@ -124,13 +126,14 @@ def main() -> None:
     steps = args.steps or int(ckpt["global_step"])
     model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).eval()
     extractor = ClassifierFeatures(args.features)
+    judge = ClassifierFeatures(args.judge) if args.judge else extractor
     reference = reference_features(extractor, dm.dataset("test").images, args.cache_dir,
                                    {"dataset": dm.name, "split": "test"})[0]
     labels = torch.arange(args.num_samples) % 10
 
     def measure(samples: torch.Tensor, seconds: float) -> dict:
         return {"sec_per_image": seconds / len(samples),
-                **quality(extractor, reference, to_unit_range(samples, (-1.0, 1.0)), labels, args.seed)}
+                **quality(extractor, judge, reference, to_unit_range(samples, (-1.0, 1.0)), labels, args.seed)}
 
     net, training = train_plain(dm, steps, args.seed)
     start = time.perf_counter()
@@ -139,7 +142,7 @@ def main() -> None:
              "training": training, **measure(plain, time.perf_counter() - start)}]
     print(rows[-1], flush=True)
     for w in sorted({model.default_guidance, 0.0}, reverse=True):
-        cfg = Sampling(guidance_scale=w, seed=args.seed)
+        cfg = model.resolve_sampling(Sampling(guidance_scale=w, seed=args.seed))
         start = time.perf_counter()
         with torch.no_grad():
             samples = torch.cat([model.generate(idx, labels[idx], sampling=cfg)
@@ -152,7 +155,7 @@ def main() -> None:
     write_result(args.out, {
         "what": "genlab CPU recipe vs a plain diffusers loop at equal optimizer steps, data and batch",
         "command": " ".join(sys.argv), "num_samples": args.num_samples, "seed": args.seed, "labels": "i mod 10",
-        "extractor": extractor.describe(), "reference": {k: v for k, v in reference.info.items() if k != "extractor"},
+        "extractor": extractor.describe(), "judge": judge.describe(), "reference": {k: v for k, v in reference.info.items() if k != "extractor"},
         "rows": rows, "software": {**software(), "diffusers": diffusers.__version__}, "hardware": hardware(),
     })
 

@@ -149,6 +149,14 @@ class Sampler:
                hooks: Sequence[Hook] = ()) -> SampleOutput:
         raise NotImplementedError
 
+    def with_steps(self, steps: int) -> "Sampler":
+        """The same sampler with another step count (a new instance; the arguments are re-validated)."""
+        args = {k: v for k, v in self.describe().items() if k != "class_path"}
+        if "steps" not in args:
+            raise ValueError(f"{type(self).__name__} has no `steps` argument; name its own arguments instead "
+                             f"(--sampling.sampler {type(self).__name__} --sampling.sampler.<argument> ...).")
+        return type(self)(**{**args, "steps": steps})
+
     def describe(self) -> dict[str, Any]:
         """Class path and arguments, for provenance records."""
         params = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "args", "kwargs")]

@@ -19,24 +19,19 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar, Iterable, Literal, Optional
 
 import numpy as np
 import torch
-from jsonargparse import lazy_instance
 from lightning.pytorch import LightningModule
 from torch import Tensor
 
-from diffusion.samplers import DDIMSampler, Sampler
+from diffusion.samplers import Sampler
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the loss or the gradients stop being finite; the run stops before any bad update."""
-
-
-def _default_sampler() -> Sampler:
-    return lazy_instance(DDIMSampler, steps=50)
 
 
 @dataclass
@@ -47,7 +42,8 @@ class Sampling:
     Args:
         sampler: a ``diffusion.Sampler`` by class_path with its own arguments, e.g.
             ``--sampling.sampler DDIMSampler --sampling.sampler.steps 50 --sampling.sampler.eta 0``.
-            Models without a reverse process (the VAE) ignore it.
+            null takes the model's ``default_sampler`` (chosen per noise process), and ``--sampling.sampler.steps
+            N`` alone gives that sampler N steps. Models without a reverse process (the VAE) ignore it.
         guidance_scale: classifier-free guidance weight w (0 = plain conditional model); null takes the model's
             ``default_guidance`` (1.0 for class-conditional diffusion models, else 0), so the sample grid,
             val and test FID and predict agree unless a config sets it.
@@ -57,7 +53,7 @@ class Sampling:
         generation_mode: DiffuseVAE only: ``prior`` or ``reconstruction``; null keeps the model's setting.
     """
 
-    sampler: Sampler = field(default_factory=_default_sampler)
+    sampler: Optional[Sampler] = None
     guidance_scale: Optional[float] = None
     seed: int = 0
     labels: Optional[list[int]] = None
@@ -118,11 +114,21 @@ class GenerativeModule(LightningModule):
         """The guidance weight a ``Sampling`` with ``guidance_scale: null`` gets (0: no guidance)."""
         return 0.0
 
+    @property
+    def default_sampler(self) -> Optional[Sampler]:
+        """The sampler a ``Sampling`` with ``sampler: null`` gets (None: the model has no reverse process)."""
+        return None
+
     def resolve_sampling(self, sampling: Sampling, check: bool = True) -> Sampling:
         """``sampling`` with the model's defaults filled in, checked (``check_sampling``) before any work
         unless ``check`` is False (describing settings that will not run, as in ``provenance``)."""
         if sampling.guidance_scale is None:
             sampling = replace(sampling, guidance_scale=self.default_guidance)
+        default = self.default_sampler
+        if sampling.sampler is None and default is not None:
+            sampling = replace(sampling, sampler=default)
+        elif type(sampling.sampler) is Sampler and default is not None:  # only --sampling.sampler.steps was given
+            sampling = replace(sampling, sampler=default.with_steps(sampling.sampler.steps))
         if check:
             self.check_sampling(sampling)
         return sampling

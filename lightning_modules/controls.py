@@ -29,13 +29,14 @@ from diffusion.restoration import Colourise, TaskSampler, check_steerable, ddim_
 from diffusion.restoration import ddim_invert as _ddim_invert
 from diffusion.samplers import DenoiseFn
 from lightning_modules.contract import Sampling
+from lightning_modules.ddpm import DDPMModule
 
 __all__ = ["inpaint", "colourise", "ddim_invert", "ddim_reconstruction", "InversionResult", "slerp", "slerp_noise",
            "interpolate", "write_strip", "TaskSampler", "with_resampling", "check_steerable"]
 
 
 def _need_sampler(module: Any, name: str) -> None:
-    if not hasattr(module, "denoise_fn") or not hasattr(module, "process"):
+    if not isinstance(module, DDPMModule):
         raise TypeError(f"{name} needs a diffusion module with denoise_fn() and a process (DDPMModule and its "
                         f"subclasses), got {type(module).__name__}.")
 
@@ -61,7 +62,8 @@ def inpaint(module: Any, images: Tensor, masks: Tensor, sampling: Optional[Sampl
     resampling (needs DDPMSampler or DDIMSampler). The known pixels of the output equal the input exactly.
     """
     _need_sampler(module, "inpaint")
-    sampling = with_resampling(sampling or module.sampling, jump_length, jump_n_sample)
+    sampling = with_resampling(module.resolve_sampling(sampling or module.sampling, check=False), jump_length,
+                               jump_n_sample)
     check_steerable(sampling.sampler, "inpaint")
     device = module.device
     images, masks = images.to(device), masks.to(device)
@@ -87,7 +89,7 @@ def colourise(module: Any, grey: Tensor, sampling: Optional[Sampling] = None, la
     _need_sampler(module, "colourise")
     if module.image_shape[0] != 3:
         raise ValueError(f"colourise needs an RGB model; this one has {module.image_shape[0]} channel(s).")
-    sampling = sampling or module.sampling
+    sampling = module.resolve_sampling(sampling or module.sampling, check=False)
     check_steerable(sampling.sampler, "colourise")
     grey = grey.to(module.device)
     indices = torch.arange(grey.shape[0], device=module.device) if indices is None else indices.to(module.device)

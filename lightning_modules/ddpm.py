@@ -20,8 +20,10 @@ from torch import Tensor
 
 from diffusion.guidance import classifier_free_guidance
 from diffusion.hooks import Progress
+from diffusion.ncsn import NCSNProcess
 from diffusion.processes import DiscreteVPProcess, NoiseProcess
-from diffusion.samplers import DenoiseFn, Hook, SampleOutput, Sampler
+from diffusion.samplers import DDIMSampler, DenoiseFn, Hook, SampleOutput, Sampler
+from diffusion.sde_samplers import AnnealedLangevin, PredictorCorrector
 from lightning_modules.contract import GenerativeModule, NonFiniteLossError, Sampling
 from lightning_modules.data_checks import check_matches_data
 from lightning_modules.hparams import save_config_hparams
@@ -234,8 +236,20 @@ class DDPMModule(GenerativeModule):
         """w = 1 for class-conditional models: legible classes at a moderate cost in diversity."""
         return 1.0 if self.num_classes else 0.0
 
+    @property
+    def default_sampler(self) -> Sampler:
+        """Per noise process: DDIM-50 on the discrete VP process; on NCSN's levels, annealed Langevin over exactly
+        those σ with seed 001's uniform start over the value range; on other SDEs, score_sde's predictor-corrector
+        (reverse diffusion + one Langevin step, snr 0.16) with N = 1000."""
+        if isinstance(self.process, NCSNProcess):
+            return AnnealedLangevin(sigma_1=self.process.sigma_max, sigma_L=self.process.sigma_min,
+                                    levels=self.process.levels, uniform_init=True, init_range=tuple(self.value_range))
+        if self.process.discrete:
+            return DDIMSampler(50)
+        return PredictorCorrector(1000)
+
     def check_sampling(self, sampling: Sampling) -> None:
-        sampling.sampler.check(self.process)
+        (sampling.sampler or self.default_sampler).check(self.process)
         if sampling.guidance_scale and not self.num_classes:
             raise ValueError(f"guidance_scale={sampling.guidance_scale} but the denoiser is unconditional "
                              "(num_classes=0): classifier-free guidance needs a class-conditional model; set it to 0.")
@@ -252,7 +266,8 @@ class DDPMModule(GenerativeModule):
         return {**super().provenance(), "sampling": sampling.describe(), "nfe": self.last_nfe,
                 "process": f"{type(self.process).__name__}({self.process.extra_repr()})",
                 "schedule": getattr(self.process, "schedule", None),
-                "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type}
+                "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type,
+                "clip_denoised": self.clip_denoised, "dynamic_threshold": self.dynamic_threshold}
 
     # ---- Lightning plumbing ------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -93,11 +94,45 @@ def test_sigterm_saves_last_checkpoint_and_stops(tmp_path):
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=300)[0]
     ckpt = torch.load(last, weights_only=True)
-    assert ckpt["global_step"] >= 5  # saved at the stop, after the step-4 save: nothing since was lost
-    assert "Stopped by a signal" in output
+    stopped = re.search(r"Stopped by a signal: saved \S+ at iteration (\d+)", output)
+    assert stopped, output[-2000:]
+    # the save at the stop holds the iteration the signal interrupted: nothing since the step-4 save was lost
+    assert ckpt["global_step"] == int(stopped.group(1)) >= 4
     resumed = run_cli_subprocess("fit", "--config", str(path), "--ckpt_path", "run/checkpoints/last.ckpt",
                                  "--trainer.max_epochs", "4", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_a_max_time_stop_tells_how_to_finish_the_budget(tmp_path):
+    """max_time counts training time across resumes: the hint must raise it, or the resumed run stops at once."""
+    config = yaml.safe_load(TINY.read_text())
+    config["trainer"].update(max_epochs=100_000, max_steps=100_000, max_time="00:00:00:01", limit_train_batches=3,
+                             limit_val_batches=0, enable_progress_bar=False)
+    config["trainer"]["callbacks"] = [c for c in config["trainer"]["callbacks"] if "ModelCheckpoint" not in c["class_path"]]
+    config["trainer"]["callbacks"].append({"class_path": "callbacks.LastCheckpoint",
+                                           "init_args": {"every_n_steps": None, "every_n_minutes": None}})
+    path = tmp_path / "capped.yaml"
+    path.write_text(yaml.safe_dump(config))
+    first = subprocess.run([sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(path)], cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    hint = re.search(r"max_time cap \(1 s\) was reached first; the cap counts training time across resumes\. "
+                     r"Resume with --ckpt_path (\S+) --trainer\.max_time (\d\d:\d\d:\d\d:\d\d) ", first.stdout)
+    assert hint, first.stdout[-2000:]
+    last = tmp_path / hint.group(1)
+    stopped_at = torch.load(last, weights_only=True)["global_step"]
+    days, hours, minutes, seconds = map(int, hint.group(2).split(":"))
+    assert days * 86400 + hours * 3600 + minutes * 60 + seconds > 1
+
+    def resume(*extra: str) -> int:
+        run = subprocess.run([sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(path), "--ckpt_path", str(last),
+                              "--trainer.max_steps", str(stopped_at + 6), *extra], cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return torch.load(last, weights_only=True)["global_step"]
+
+    assert resume() == stopped_at  # the trap the hint avoids: the old cap is already spent
+    assert resume("--trainer.max_time", hint.group(2)) == stopped_at + 6
 
 
 def _fit_weights(*extra: str, callbacks: list) -> dict[str, torch.Tensor]:

@@ -21,6 +21,8 @@ from diffusion import (
     EulerMaruyama,
     HeunODE,
     PredictorCorrector,
+    Sampler,
+    VESDE,
 )
 from diffusion.ncsn import LogSigmaVESDE, NCSNProcess
 from diffusion.repaint import RePaint, jump_schedule
@@ -208,13 +210,27 @@ def test_interpolate_writes_a_strip(tmp_path):
 
 # ---- NCSN / VE processes ----------------------------------------------------------------------------------
 
-def test_provenance_of_a_model_whose_default_sampler_cannot_run_on_it():
-    """The NCSN's default DDIM sampling is refused when sampling, but describing the model must not raise."""
-    module = tiny_module(process=NCSNProcess(0.01, 1.0, 10), clip_denoised=False)
-    with pytest.raises(ValueError, match="SDE sampler"):
-        module.generate(torch.arange(2))
-    record = module.provenance()
-    assert record["process"].startswith("NCSNProcess") and record["sampling"]["sampler"]["class_path"].endswith("DDIMSampler")
+def test_each_noise_process_gets_a_default_sampler_that_runs_on_it():
+    """sampler: null takes the model's default: annealed Langevin over exactly NCSN's levels, PC on a VE-SDE."""
+    module = tiny_module(process=NCSNProcess(0.02, 2.0, 7), clip_denoised=False)
+    sampler = module.resolve_sampling(Sampling()).sampler
+    assert isinstance(sampler, AnnealedLangevin)
+    assert (sampler.sigma_1, sampler.sigma_L, sampler.levels) == (2.0, 0.02, 7)
+    assert sampler.uniform_init and sampler.init_range == tuple(module.value_range)
+    assert module.provenance()["sampling"]["sampler"]["class_path"].endswith("AnnealedLangevin")
+    args = {k: v for k, v in sampler.describe().items() if k != "class_path"}
+    quick = AnnealedLangevin(**{**args, "steps_per_level": 2})
+    assert module.generate(torch.arange(2), sampling=Sampling(sampler=quick)).shape == (2, *module.image_shape)
+    with pytest.raises(ValueError, match="SDE sampler"):  # an explicit DDIM is still refused on NCSN
+        module.generate(torch.arange(2), sampling=Sampling(sampler=DDIMSampler(5)))
+    with pytest.raises(ValueError, match="AnnealedLangevin has no `steps` argument"):  # --sampling.sampler.steps alone
+        module.resolve_sampling(Sampling(sampler=Sampler(5)))
+    ddim = tiny_module().resolve_sampling(Sampling(sampler=Sampler(7))).sampler  # DDIM-50 with 7 steps
+    assert isinstance(ddim, DDIMSampler) and (ddim.steps, ddim.eta, ddim.spacing) == (7, 0.0, "leading")
+    trailing = DDIMSampler(50, eta=0.3, spacing="trailing").with_steps(9)
+    assert (trailing.steps, trailing.eta, trailing.spacing) == (9, 0.3, "trailing")
+    ve = tiny_module(process=VESDE(0.01, 5.0), clip_denoised=False)
+    assert isinstance(ve.resolve_sampling(Sampling()).sampler, PredictorCorrector)
 
 
 def test_ncsn_process_levels_and_network_time():
