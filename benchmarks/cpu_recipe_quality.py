@@ -76,7 +76,8 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
                  Row(f"ddim50-w{w:g}-raw", "causes", DDIMSampler(50), w, weights="raw"),
                  Row(f"ddpm100-w{w:g}", "causes", DDPMSampler(100), w),
                  Row(f"heun25-w{w:g}", "causes", HeunODE(25), w)]
-    return rows
+    unique = {row.tag: row for row in reversed(rows)}  # a setting in two groups runs once, in its first group
+    return [row for row in rows if unique[row.tag] is row]
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from diffusion.guidance import classifier_free_guidance
 from diffusion.hooks import Progress
 from diffusion.ncsn import NCSNProcess
 from diffusion.processes import DiscreteVPProcess, NoiseProcess
-from diffusion.samplers import DDIMSampler, DenoiseFn, Hook, SampleOutput, Sampler
+from diffusion.samplers import DDPMSampler, DenoiseFn, Hook, SampleOutput, Sampler
 from diffusion.sde_samplers import AnnealedLangevin, PredictorCorrector
 from lightning_modules.contract import GenerativeModule, NonFiniteLossError, Sampling
 from lightning_modules.data_checks import check_matches_data
@@ -238,14 +238,16 @@ class DDPMModule(GenerativeModule):
 
     @property
     def default_sampler(self) -> Sampler:
-        """Per noise process: DDIM-50 on the discrete VP process; on NCSN's levels, annealed Langevin over exactly
-        those σ with seed 001's uniform start over the value range; on other SDEs, score_sde's predictor-corrector
-        (reverse diffusion + one Langevin step, snr 0.16) with N = 1000."""
+        """Per noise process: on the discrete VP process, DDPM ancestral sampling over 100 respaced steps (all T
+        when T < 100; cleaner backgrounds and better FID than DDIM-50 on the CPU recipes, docs/benchmarks.md
+        "Best samples per CPU-minute"); on NCSN's levels, annealed Langevin over exactly those σ with seed 001's uniform start over
+        the value range; on other SDEs, score_sde's predictor-corrector (reverse diffusion + one Langevin step,
+        snr 0.16) with N = 1000."""
         if isinstance(self.process, NCSNProcess):
             return AnnealedLangevin(sigma_1=self.process.sigma_max, sigma_L=self.process.sigma_min,
                                     levels=self.process.levels, uniform_init=True, init_range=tuple(self.value_range))
         if self.process.discrete:
-            return DDIMSampler(50)
+            return DDPMSampler(min(100, self.process.num_timesteps))
         return PredictorCorrector(1000)
 
     def check_sampling(self, sampling: Sampling) -> None:

@@ -53,7 +53,8 @@ def test_ddpm_and_ddim_samples_are_bit_identical_to_the_old_code():
 
 def test_an_old_checkpoint_loads_and_predicts_the_same_samples():
     cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
-                  "--sampling.sampler.steps", "5", "--sampling.guidance_scale", "1.5", "--sampling.seed", "3",
+                  "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.guidance_scale", "1.5",
+                  "--sampling.seed", "3",
                   "--predict_dir", "pred")
     assert cli.model.weights_are_ema
     new = np.load("pred/samples_rank0.npz")["samples"]
@@ -63,7 +64,8 @@ def test_an_old_checkpoint_loads_and_predicts_the_same_samples():
 def test_predict_may_change_the_x0_clipping_of_a_checkpoint():
     """clip_denoised and dynamic_threshold are sampling choices: predict applies them instead of refusing."""
     cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
-                  "--sampling.sampler.steps", "5", "--sampling.guidance_scale", "1.5", "--sampling.seed", "3",
+                  "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.guidance_scale", "1.5",
+                  "--sampling.seed", "3",
                   "--model.init_args.dynamic_threshold", "0.9", "--predict_dir", "pred")
     assert cli.model.dynamic_threshold == 0.9 and cli.model.clip_denoised
     new = np.load("pred/samples_rank0.npz")["samples"]

@@ -72,8 +72,8 @@ def exact_module(dist: GaussianMixture, channels: int, size: int, **kwargs) -> D
 def tiny_module(**kwargs) -> DDPMModule:
     torch.manual_seed(0)
     net = TinyUNet(channels=[8, 16], num_heads=2, t_emb_dim=16, in_channels=1)
-    return DDPMModule(net, num_timesteps=50, beta_end=0.2, image_size=8, channels=1, value_range=(-1.0, 1.0),
-                      **kwargs).eval()
+    return DDPMModule(net, image_size=8, channels=1, value_range=(-1.0, 1.0),
+                      **{"num_timesteps": 50, "beta_end": 0.2, **kwargs}).eval()
 
 
 def _masks(n: int, size: int) -> torch.Tensor:
@@ -211,7 +211,8 @@ def test_interpolate_writes_a_strip(tmp_path):
 # ---- NCSN / VE processes ----------------------------------------------------------------------------------
 
 def test_each_noise_process_gets_a_default_sampler_that_runs_on_it():
-    """sampler: null takes the model's default: annealed Langevin over exactly NCSN's levels, PC on a VE-SDE."""
+    """sampler: null takes the model's default: DDPM-100 on the discrete process, annealed Langevin over exactly
+    NCSN's levels, PC on a VE-SDE."""
     module = tiny_module(process=NCSNProcess(0.02, 2.0, 7), clip_denoised=False)
     sampler = module.resolve_sampling(Sampling()).sampler
     assert isinstance(sampler, AnnealedLangevin)
@@ -225,8 +226,12 @@ def test_each_noise_process_gets_a_default_sampler_that_runs_on_it():
         module.generate(torch.arange(2), sampling=Sampling(sampler=DDIMSampler(5)))
     with pytest.raises(ValueError, match="AnnealedLangevin has no `steps` argument"):  # --sampling.sampler.steps alone
         module.resolve_sampling(Sampling(sampler=Sampler(5)))
-    ddim = tiny_module().resolve_sampling(Sampling(sampler=Sampler(7))).sampler  # DDIM-50 with 7 steps
-    assert isinstance(ddim, DDIMSampler) and (ddim.steps, ddim.eta, ddim.spacing) == (7, 0.0, "leading")
+    ddpm = tiny_module(num_timesteps=1000)
+    default = ddpm.resolve_sampling(Sampling()).sampler  # the CPU recipes' measured choice
+    assert isinstance(default, DDPMSampler) and (default.steps, default.variance) == (100, "beta_tilde")
+    assert tiny_module().resolve_sampling(Sampling()).sampler.steps == 50  # all T when T < 100
+    fewer = ddpm.resolve_sampling(Sampling(sampler=Sampler(7))).sampler  # --sampling.sampler.steps 7 alone
+    assert isinstance(fewer, DDPMSampler) and (fewer.steps, fewer.variance, fewer.spacing) == (7, "beta_tilde", "leading")
     trailing = DDIMSampler(50, eta=0.3, spacing="trailing").with_steps(9)
     assert (trailing.steps, trailing.eta, trailing.spacing) == (9, 0.3, "trailing")
     ve = tiny_module(process=VESDE(0.01, 5.0), clip_denoised=False)
