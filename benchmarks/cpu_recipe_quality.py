@@ -197,7 +197,8 @@ def main() -> None:
                 nfe.append(model.last_nfe)
         seconds = (time.perf_counter() - start) / n
         samples = torch.cat(chunks)
-        results.append({"setting": row.tag, "group": row.group, "sampling": cfg.describe(), "clip_x0": row.clip, "dynamic_threshold": row.threshold,
+        results.append({"setting": row.tag, "group": row.group, "sampling": cfg.describe(), "clip_x0": row.clip,
+                        "dynamic_threshold": row.threshold,
                         "weights": row.weights, "nfe": sum(nfe) / len(nfe), "sec_per_image": seconds,
                         **quality(extractor, judge, reference, to_unit_range(samples, model.value_range), labels, args.seed)})
         print(row.tag, {k: v for k, v in results[-1].items() if k != "sampling"}, flush=True)

@@ -240,9 +240,9 @@ class DDPMModule(GenerativeModule):
     def default_sampler(self) -> Sampler:
         """Per noise process: on the discrete VP process, DDPM ancestral sampling over 100 respaced steps (all T
         when T < 100; cleaner backgrounds and better FID than DDIM-50 on the CPU recipes, docs/benchmarks.md
-        "Best samples per CPU-minute"); on NCSN's levels, annealed Langevin over exactly those σ with seed 001's uniform start over
-        the value range; on other SDEs, score_sde's predictor-corrector (reverse diffusion + one Langevin step,
-        snr 0.16) with N = 1000."""
+        "Best samples per CPU-minute"); on NCSN's levels, annealed Langevin over exactly those σ with seed 001's
+        uniform start over the value range; on other SDEs, score_sde's predictor-corrector (reverse diffusion +
+        one Langevin step, snr 0.16) with N = 1000."""
         if isinstance(self.process, NCSNProcess):
             return AnnealedLangevin(sigma_1=self.process.sigma_max, sigma_L=self.process.sigma_min,
                                     levels=self.process.levels, uniform_init=True, init_range=tuple(self.value_range))
