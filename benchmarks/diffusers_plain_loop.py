@@ -7,13 +7,13 @@ and number of steps as the genlab checkpoint, no guidance training. It is sample
 at 50 steps (diffusers' defaults: leading spacing, x̂_0 clipping). Both models draw ``--num-samples`` images
 with labels i mod 10 and are scored by ``benchmarks/cpu_recipe_quality.py``'s measures: in-domain FID/KID,
 legibility and background speckle. genlab is scored at its default guidance and at w = 0 (the plain loop
-has no unconditional branch to guide with).
+has no unconditional branch to guide with; ``--guidance`` picks the weights).
 
 Needs the optional extra: ``pip install -e ".[compare]"`` (diffusers).
 
     python benchmarks/diffusers_plain_loop.py --config sweeps/ddpm_mnist_cpu.yaml \\
         --ckpt runs/ddpm_mnist_cpu/checkpoints/last.ckpt --features runs/features_mnist/checkpoints/last.ckpt \\
-        --num-samples 1000 --out docs/benchmarks/diffusers_plain_loop_mnist.json
+        --num-samples 1000 --plain-weights runs/plain_loop_mnist.pt --out docs/benchmarks/diffusers_plain_loop_mnist.json
 """
 
 from __future__ import annotations
@@ -84,6 +84,23 @@ def train_plain(dm, steps: int, seed: int) -> tuple[torch.nn.Module, dict]:
                         "parameters": sum(p.numel() for p in net.parameters())}
 
 
+def plain_network(dm, steps: int, seed: int, weights: str | None) -> tuple[torch.nn.Module, dict]:
+    """Train the plain loop, or load the one a previous run of this script saved with the same steps and seed."""
+    if weights and Path(weights).exists():
+        saved = torch.load(weights, map_location="cpu", weights_only=True)
+        if (saved["training"]["steps"], saved["seed"]) != (steps, seed):
+            raise SystemExit(f"{weights} holds a plain loop of {saved['training']['steps']} steps, seed {saved['seed']}; "
+                             f"this run asks for {steps} steps, seed {seed}. Delete the file or pass --steps/--seed to match.")
+        net = plain_unet(10, dm.channels)
+        net.load_state_dict(saved["state_dict"])
+        return net.eval(), {**saved["training"], "loaded_from": weights}
+    net, training = train_plain(dm, steps, seed)
+    if weights:
+        Path(weights).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state_dict": net.state_dict(), "training": training, "seed": seed}, weights)
+    return net, training
+
+
 @torch.no_grad()
 def sample_plain(net: torch.nn.Module, labels: torch.Tensor, channels: int, seed: int, batch_size: int) -> torch.Tensor:
     """DDIM-50 with diffusers' scheduler defaults; sample i starts from the noise of seed + i."""
@@ -109,9 +126,14 @@ def main() -> None:
                                                   "(default: --features)")
     ap.add_argument("--steps", type=int, default=None, help="plain-loop optimizer steps (default: the checkpoint's)")
     ap.add_argument("--num-samples", type=int, default=1000)
+    ap.add_argument("--guidance", default="default,0",
+                    help="comma list of genlab guidance weights to score ('default' is the model's)")
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="runs/feature_cache")
+    ap.add_argument("--plain-weights", default=None,
+                    help="file for the trained plain network: loaded when it exists (training facts included), "
+                         "written after training otherwise, so the genlab side can be re-scored without retraining")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -135,13 +157,14 @@ def main() -> None:
         return {"sec_per_image": seconds / len(samples),
                 **quality(extractor, judge, reference, to_unit_range(samples, (-1.0, 1.0)), labels, args.seed)}
 
-    net, training = train_plain(dm, steps, args.seed)
+    net, training = plain_network(dm, steps, args.seed, args.plain_weights)
     start = time.perf_counter()
     plain = sample_plain(net, labels, dm.channels, args.seed, args.batch_size)
     rows = [{"model": "plain diffusers loop", "sampling": "DDIMScheduler, 50 steps, defaults (leading, clip_sample)",
              "training": training, **measure(plain, time.perf_counter() - start)}]
     print(rows[-1], flush=True)
-    for w in sorted({model.default_guidance, 0.0}, reverse=True):
+    scales = {model.default_guidance if w.strip() == "default" else float(w) for w in args.guidance.split(",")}
+    for w in sorted(scales, reverse=True):
         cfg = model.resolve_sampling(Sampling(guidance_scale=w, seed=args.seed))
         start = time.perf_counter()
         with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from diffusion.guidance import classifier_free_guidance
 from diffusion.hooks import Inpaint, Trajectory
+from diffusion.loss_weighting import LossWeighting, MinSNR
 from diffusion.ncsn import LogSigmaVESDE, NCSNProcess
 from diffusion.processes import DiscreteVPProcess, NoiseProcess
 from diffusion.repaint import RePaint
@@ -41,6 +42,8 @@ __all__ = [
     "SampleOutput",
     "StepState",
     "Inpaint",
+    "LossWeighting",
+    "MinSNR",
     "Trajectory",
     "classifier_free_guidance",
     "SDE",

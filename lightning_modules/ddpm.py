@@ -20,6 +20,7 @@ from torch import Tensor
 
 from diffusion.guidance import classifier_free_guidance
 from diffusion.hooks import Progress
+from diffusion.loss_weighting import LossWeighting
 from diffusion.ncsn import NCSNProcess
 from diffusion.processes import DiscreteVPProcess, NoiseProcess
 from diffusion.samplers import DDPMSampler, DenoiseFn, Hook, SampleOutput, Sampler
@@ -48,6 +49,8 @@ class DDPMModule(GenerativeModule):
             matching (NCSN-style; ε-MSE is denoising score matching with λ(σ) = σ²). Null builds DDPM's
             discrete process from ``schedule``, ``num_timesteps`` and the β arguments.
         prediction_type: what the network predicts: ``epsilon``, ``sample`` (x0) or ``v_prediction``.
+        loss_weighting: weight of each noise level in the training loss, e.g. ``diffusion.MinSNR`` (gamma 5);
+            null is L_simple. Validation and test losses stay L_simple, so runs with different weightings compare.
         p_uncond: probability of replacing the label by the null token in training (needs a
             class-conditional denoiser; ignored otherwise).
         optimizer: optimizer factory, e.g. ``torch.optim.AdamW`` with its ``lr``.
@@ -62,7 +65,7 @@ class DDPMModule(GenerativeModule):
     """
 
     # x̂_0 clipping is a sampling choice: predict/test on a checkpoint may change it
-    resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold")
+    resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting")
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class DDPMModule(GenerativeModule):
         cosine_s: float = 0.008,
         process: Optional[NoiseProcess] = None,
         prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon",
+        loss_weighting: Optional[LossWeighting] = None,
         p_uncond: float = 0.1,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_schedule: Optional[LRSchedule] = None,
@@ -85,7 +89,7 @@ class DDPMModule(GenerativeModule):
         dynamic_threshold: Optional[float] = None,
     ) -> None:
         super().__init__()
-        save_config_hparams(self, objects=("denoiser", "optimizer", "process"))
+        save_config_hparams(self, objects=("denoiser", "optimizer", "process", "loss_weighting"))
         if not 0.0 <= p_uncond < 1.0:
             raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}.")
         check_denoiser(denoiser)
@@ -99,6 +103,7 @@ class DDPMModule(GenerativeModule):
         self.process = process if process is not None else DiscreteVPProcess(schedule, num_timesteps, beta_start, beta_end,
                                                                              cosine_s)
         self.prediction_type = prediction_type
+        self.loss_weighting = loss_weighting
         self.p_uncond = p_uncond
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule or LRSchedule(warmup_steps=warmup_steps)
@@ -118,7 +123,10 @@ class DDPMModule(GenerativeModule):
         return self.denoiser(xt, t, y, **kwargs)
 
     def diffusion_loss(self, x0: Tensor, y: Tensor | None, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
-        """L_simple on a batch: uniform t, Gaussian ε, MSE against the parameterisation's target."""
+        """L_simple on a batch: uniform t, Gaussian ε, MSE against the parameterisation's target.
+
+        In training, ``loss_weighting`` (when set) weights each sample's MSE by its noise level.
+        """
         b = x0.shape[0]
         t = self.process.training_times(b, self.device, generator)
         noise = torch.randn(x0.shape, device=self.device, generator=generator)
@@ -127,7 +135,11 @@ class DDPMModule(GenerativeModule):
             drop = torch.rand(b, device=self.device) < self.p_uncond
             y = torch.where(drop, torch.full_like(y, -1), y)
         out = self(xt, t, y if self.num_classes else None, **kwargs)
-        return F.mse_loss(out, self.process.target(self.prediction_type, x0, noise, t))
+        target = self.process.target(self.prediction_type, x0, noise, t)
+        if self.loss_weighting is None or not self.training:
+            return F.mse_loss(out, target)
+        per_sample = (out.float() - target.float()).square().flatten(1).mean(1)
+        return (self.loss_weighting(self.process, t, self.prediction_type) * per_sample).mean()
 
     def denoiser_kwargs(self, x0: Tensor, batch_idx: int | None = None) -> dict[str, Any]:
         """Extra inputs of the denoiser for a batch; none for a plain DDPM (DiffuseVAE adds ``cond``).
@@ -269,7 +281,8 @@ class DDPMModule(GenerativeModule):
                 "process": f"{type(self.process).__name__}({self.process.extra_repr()})",
                 "schedule": getattr(self.process, "schedule", None),
                 "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type,
-                "clip_denoised": self.clip_denoised, "dynamic_threshold": self.dynamic_threshold}
+                "clip_denoised": self.clip_denoised, "dynamic_threshold": self.dynamic_threshold,
+                "loss_weighting": repr(self.loss_weighting) if self.loss_weighting is not None else None}
 
     # ---- Lightning plumbing ------------------------------------------------------------------------
 

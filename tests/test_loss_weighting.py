@@ -1,0 +1,73 @@
+"""Loss weightings: Min-SNR-γ against its closed form in every parameterisation, and its use in training."""
+
+import pytest
+import torch
+from conftest import TINY, run_cli
+
+from diffusion import DiscreteVPProcess, MinSNR
+from diffusion.loss_weighting import snr
+from diffusion.sde import VESDE
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_min_snr_equals_clamped_snr_times_x0_error_in_every_parameterisation(prediction_type):
+    """w_target · ‖target error‖² must equal min(SNR, γ) · ‖x̂_0 − x_0‖² whatever the network predicts."""
+    torch.manual_seed(0)
+    process = DiscreteVPProcess("linear", 1000, 1e-4, 0.02)
+    t = torch.tensor([0, 10, 50, 200, 600, 999])
+    x0, noise, out = (torch.randn(6, 1, 4, 4) for _ in range(3))
+    xt = process.add_noise(x0, noise, t)
+    target = process.target(prediction_type, x0, noise, t)
+    x0_hat, _ = process.to_x0_eps(out, xt, t, prediction_type)
+    weighted = MinSNR(5.0)(process, t, prediction_type) * (out - target).square().flatten(1).mean(1)
+    ab = process.alpha_bars[t].double()
+    expected = (ab / (1 - ab)).clamp(max=5.0) * (x0_hat - x0).double().square().flatten(1).mean(1)
+    torch.testing.assert_close(weighted.double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_min_snr_epsilon_weights_are_one_for_noisy_steps_and_gamma_over_snr_for_clean_ones():
+    process = DiscreteVPProcess("linear", 1000, 1e-4, 0.02)
+    t = torch.arange(1000)
+    w = MinSNR(5.0)(process, t, "epsilon")
+    s = process.snr(t)
+    torch.testing.assert_close(w, torch.where(s > 5, 5 / s, torch.ones_like(s)))
+    assert w[0] < 1e-3 and w[-1] == 1.0
+
+
+def test_snr_of_a_continuous_ve_process_is_one_over_sigma_squared():
+    process = VESDE(sigma_min=0.01, sigma_max=50.0)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    sigma = 0.01 * (50.0 / 0.01) ** t
+    torch.testing.assert_close(snr(process, t), 1 / sigma.square(), rtol=1e-4, atol=0)
+
+
+def test_min_snr_rejects_a_non_positive_gamma():
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        MinSNR(0.0)
+
+
+def test_min_snr_by_class_path_weights_the_training_loss_only():
+    """Set from the command line, the weighting changes the training loss, validation stays L_simple, and a
+    checkpoint rebuilds it."""
+    cli = run_cli("fit", "--config", str(TINY), "--trainer.limit_val_batches", "1",
+                  "--model.init_args.loss_weighting", "diffusion.MinSNR", "--model.init_args.loss_weighting.gamma", "2",
+                  "--model.init_args.p_uncond", "0")
+    module = cli.model
+    assert isinstance(module.loss_weighting, MinSNR) and module.loss_weighting.gamma == 2.0
+    x0 = torch.rand(8, *module.image_shape) * 2 - 1
+    y = torch.arange(8) % module.num_classes if module.num_classes else None
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    with torch.no_grad():
+        module.eval()
+        plain = module.diffusion_loss(x0, y, generator=g())
+        module.train()
+        weighted = module.diffusion_loss(x0, y, generator=g())
+        module.loss_weighting = None
+        unweighted_train = module.diffusion_loss(x0, y, generator=g())
+    assert torch.isclose(plain, unweighted_train)
+    assert weighted < plain
+
+    from lightning_modules import DDPMModule
+
+    reloaded = DDPMModule.load_from_checkpoint("run/checkpoints/last.ckpt", weights_only=True)
+    assert isinstance(reloaded.loss_weighting, MinSNR) and reloaded.loss_weighting.gamma == 2.0
