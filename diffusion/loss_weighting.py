@@ -18,12 +18,6 @@ from diffusion.processes import NoiseProcess
 from diffusion.schedules import PredictionType
 
 
-def snr(process: NoiseProcess, t: Tensor) -> Tensor:
-    """SNR(t) = α(t)² / σ(t)² of any process, one value per entry of ``t``."""
-    alpha, sigma = process.marginal(t, 1)
-    return (alpha / sigma).square().to(torch.float32)
-
-
 def x0_to_target_factor(snr_t: Tensor, prediction_type: PredictionType) -> Tensor:
     """‖target error‖² / ‖x_0 error‖² for a parameterisation (the identities in the module docstring)."""
     if prediction_type == "epsilon":
@@ -42,7 +36,7 @@ class LossWeighting:
         raise NotImplementedError
 
     def __call__(self, process: NoiseProcess, t: Tensor, prediction_type: PredictionType) -> Tensor:
-        snr_t = snr(process, t)
+        snr_t = process.snr(t).float()
         return self.x0_weight(snr_t) / x0_to_target_factor(snr_t, prediction_type)
 
 

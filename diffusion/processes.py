@@ -55,6 +55,11 @@ class NoiseProcess(nn.Module):
         """(α(t), σ(t)) shaped to broadcast over a tensor of ``ndim`` dims."""
         raise NotImplementedError
 
+    def snr(self, t: Tensor) -> Tensor:
+        """Signal-to-noise ratio α(t)² / σ(t)², one value per entry of ``t``."""
+        alpha, sigma = self.marginal(t, 1)
+        return (alpha / sigma).square()
+
     def network_time(self, t: Tensor) -> Tensor:
         """The time value the denoiser is conditioned on (identity unless a process says otherwise)."""
         return t

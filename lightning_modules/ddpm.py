@@ -64,7 +64,8 @@ class DDPMModule(GenerativeModule):
             instead of the static clip; null keeps the static clip.
     """
 
-    # x̂_0 clipping is a sampling choice: predict/test on a checkpoint may change it
+    # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
+    # predict/test on a checkpoint may change them
     resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting")
 
     def __init__(

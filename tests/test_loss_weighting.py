@@ -5,7 +5,6 @@ import torch
 from conftest import TINY, run_cli
 
 from diffusion import DiscreteVPProcess, MinSNR
-from diffusion.loss_weighting import snr
 from diffusion.sde import VESDE
 
 
@@ -38,7 +37,7 @@ def test_snr_of_a_continuous_ve_process_is_one_over_sigma_squared():
     process = VESDE(sigma_min=0.01, sigma_max=50.0)
     t = torch.tensor([0.0, 0.5, 1.0])
     sigma = 0.01 * (50.0 / 0.01) ** t
-    torch.testing.assert_close(snr(process, t), 1 / sigma.square(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(process.snr(t), 1 / sigma.square(), rtol=1e-4, atol=0)
 
 
 def test_min_snr_rejects_a_non_positive_gamma():
