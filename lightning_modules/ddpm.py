@@ -10,7 +10,6 @@ the closure ``denoise(x, t)`` (labels, guidance, conditions, x̂_0 clipping) and
 from __future__ import annotations
 
 import math
-
 from typing import Any, Literal, Optional
 
 import torch
