@@ -156,6 +156,7 @@ class GenLabCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_ckpt_path(config.get("ckpt_path"))
         link_data_facts(config)
+        link_guidance(config)
         if self.subcommand == "predict" and isinstance(config.get("trainer"), Namespace):
             config.trainer.logger = False  # predict trains nothing: samples go to files, not to a new W&B run
         check_resume_arguments(config)
@@ -276,6 +277,20 @@ def link_data_facts(config: Namespace) -> None:
     for name in SUB_NETWORKS:
         sub = (model.get("init_args") or Namespace()).get(name) if isinstance(model, Namespace) else None
         _link(sub, LINKED_SUB_KEYS, facts, f"model.init_args.{name}")
+
+
+def link_guidance(config: Namespace) -> None:
+    """A config's ``sampling.guidance_scale`` is also its model's default guidance (``guidance_scale``), so the
+    sample grid and metrics during ``fit`` and the checkpoint's hyperparameters use the weight the config states."""
+    sampling, model = config.get("sampling"), config.get("model")
+    w = sampling.get("guidance_scale") if isinstance(sampling, Namespace) else None
+    init = model.get("init_args") if isinstance(model, Namespace) else None
+    if w is None or not isinstance(init, Namespace) or "guidance_scale" not in init:
+        return
+    if init.guidance_scale is not None and float(init.guidance_scale) != float(w):
+        raise ValueError(f"model.init_args.guidance_scale={init.guidance_scale} contradicts sampling.guidance_scale={w}; "
+                         "set sampling.guidance_scale only (it is linked into the model).")
+    init.guidance_scale = w
 
 
 def check_ckpt_path(ckpt_path: str | None) -> None:

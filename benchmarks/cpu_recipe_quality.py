@@ -5,8 +5,8 @@ For one class-conditional DDPM checkpoint (``sweeps/ddpm_{mnist,fashion_mnist}_c
 
 - in-domain FID/KID against the test split (``--features``: the shipped feature classifier);
 - legibility: the share of samples that a judge classifier, trained on real images only, assigns to their
-  conditioning label with confidence >= 0.9 (``--judge``; default the feature classifier; the real training
-  images give the ceiling);
+  conditioning label with confidence >= 0.9 (``--judge``; default the feature classifier; its score on the real
+  test images, which it never trained on, is the ceiling);
 - speckle and haze of the background (``metrics.speckle``; ~0 on real data);
 - NFE and seconds per image.
 
@@ -97,6 +97,19 @@ def quality(extractor: ClassifierFeatures, judge: ClassifierFeatures, reference,
             "speckle": speckle_stats(images_unit)}
 
 
+def load_samples(path: Path, cfg: Sampling, row: Row) -> tuple[torch.Tensor, float, float]:
+    """Samples saved by an earlier run of this script with the same checkpoint, row and seed (``--samples-dir``),
+    so another judge or feature network can score them without sampling again; refuses a file whose settings
+    differ from the row's."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    mine = {"sampling": cfg.describe(), "clip_x0": row.clip, "dynamic_threshold": row.threshold, "weights": row.weights}
+    theirs = {k: saved.get(k) for k in mine}
+    if theirs != mine:
+        raise SystemExit(f"{path} holds samples drawn with {theirs}, not {mine}; delete it or use another --samples-dir.")
+    print(f"{row.tag}: samples from {path} (sampled at {saved['sec_per_image']:.3f} s/image)", flush=True)
+    return saved["samples"], saved["nfe"], saved["sec_per_image"]
+
+
 def load_weights(ckpt: dict, model: DDPMModule, which: str) -> None:
     """``ema``: the averaged weights (the checkpoint's state_dict); ``raw``: the optimizer's own weights."""
     if "current_model_state" not in ckpt:
@@ -139,6 +152,10 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['setting']} | {r.get('nfe', '—')} | {r['sec_per_image']:.3f} | {r['classifier']['fid']:.2f} | "
                      f"{r['classifier']['kid']:.4f} | {r['legible']:.3f} | {r['accuracy']:.3f} | "
                      f"{r['speckle']['isolated_rate']:.3f} | {r['speckle']['haze']:.4f} |")
+    ceiling = rows[0].get("judge_on_test_images") if rows else None
+    if ceiling:
+        lines += ["", f"The judge on the {ceiling['count']} real test images it never trained on (its ceiling): "
+                      f"legible {ceiling['legible']:.3f}, accuracy {ceiling['accuracy']:.3f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -156,6 +173,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="runs/feature_cache")
+    ap.add_argument("--samples-dir", default=None, help="keep each row's samples here, keyed by checkpoint hash, "
+                                                      "row and seed, and reuse them on the next run (re-judging)")
     ap.add_argument("--grids", default=None, help="folder for a 10 x 10 PNG grid per row")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -178,9 +197,13 @@ def main() -> None:
     results = [{"setting": f"real train images (n={n}) — ceiling", "group": "floor", "sec_per_image": 0.0,
                 **quality(extractor, judge, reference, train.images[pick].float() / 255,
                             torch.as_tensor(train.labels)[pick].long(), args.seed)}]
+    test = dm.dataset("test")  # images the judge never trained on: its honest ceiling
+    results[0]["judge_on_test_images"] = {"count": len(test.images),
+                                          **legibility(judge, test.images.float() / 255, torch.as_tensor(test.labels).long())}
     print(results[-1], flush=True)
 
     ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+    ckpt_sha = sha256_of(args.ckpt)
     wanted = set(args.only.split(",")) if args.only else None
     for row in rows_for(args.groups.split(","), w):
         if wanted and row.tag not in wanted:
@@ -190,16 +213,23 @@ def main() -> None:
         labels = index % model.num_classes
         cfg = Sampling(sampler=row.sampler, guidance_scale=row.w, seed=args.seed)
         model.check_sampling(cfg)
-        start, nfe, chunks = time.perf_counter(), [], []
-        with torch.no_grad():
-            for idx in index.split(args.batch_size):
-                chunks.append(model.generate(idx, labels[idx], sampling=cfg))
-                nfe.append(model.last_nfe)
-        seconds = (time.perf_counter() - start) / n
-        samples = torch.cat(chunks)
+        cached = Path(args.samples_dir) / f"{row.tag}_n{n}_seed{args.seed}_{ckpt_sha[:16]}.pt" if args.samples_dir else None
+        samples, nfe, seconds = load_samples(cached, cfg, row) if cached and cached.exists() else (None, None, None)
+        if samples is None:
+            start, nfes, chunks = time.perf_counter(), [], []
+            with torch.no_grad():
+                for idx in index.split(args.batch_size):
+                    chunks.append(model.generate(idx, labels[idx], sampling=cfg))
+                    nfes.append(model.last_nfe)
+            seconds, samples, nfe = (time.perf_counter() - start) / n, torch.cat(chunks), sum(nfes) / len(nfes)
+            if cached:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                torch.save({"samples": samples, "labels": labels, "nfe": nfe, "sec_per_image": seconds,
+                            "sampling": cfg.describe(), "clip_x0": row.clip, "dynamic_threshold": row.threshold,
+                            "weights": row.weights}, cached)
         results.append({"setting": row.tag, "group": row.group, "sampling": cfg.describe(), "clip_x0": row.clip,
-                        "dynamic_threshold": row.threshold,
-                        "weights": row.weights, "nfe": sum(nfe) / len(nfe), "sec_per_image": seconds,
+                        "dynamic_threshold": row.threshold, "samples_file": str(cached) if cached else None,
+                        "weights": row.weights, "nfe": nfe, "sec_per_image": seconds,
                         **quality(extractor, judge, reference, to_unit_range(samples, model.value_range), labels, args.seed)})
         print(row.tag, {k: v for k, v in results[-1].items() if k != "sampling"}, flush=True)
         if grids:
@@ -213,7 +243,7 @@ def main() -> None:
         write_result(str(out), {
             "what": "sample quality vs sampling settings: in-domain FID/KID, legibility, background speckle",
             "command": " ".join(sys.argv), "num_samples": n, "seed": args.seed,
-            "checkpoint": {"path": args.ckpt, "sha256": sha256_of(args.ckpt), "provenance": model.provenance()},
+            "checkpoint": {"path": args.ckpt, "sha256": ckpt_sha, "provenance": model.provenance()},
             "labels": "i mod 10 (balanced)",
             "legibility": f"argmax of the judge == label, confidence >= {CONFIDENCE}",
             "judge": judge.describe(),

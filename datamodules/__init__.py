@@ -1,5 +1,6 @@
 """LightningDataModules for the image data sets."""
 
+from datamodules.augment import RandomAffine
 from datamodules.base import ImageDataModule
 from datamodules.folder import ImageFolderDataModule
 from datamodules.idx import DataError
@@ -11,4 +12,4 @@ from datamodules.synthetic import SyntheticDataModule
 
 __all__ = ["ImageDataModule", "MNISTDataModule", "FashionMNISTDataModule", "SyntheticDataModule", "ImageFolderDataModule",
            "DataError", "SeverstalCOIGANDataModule", "ScanFolderDataModule",
-           "InpaintingDataModule", "SlerpDataModule"]
+           "InpaintingDataModule", "SlerpDataModule", "RandomAffine"]

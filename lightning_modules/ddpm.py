@@ -9,7 +9,6 @@ the closure ``denoise(x, t)`` (labels, guidance, conditions, x̂_0 clipping) and
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, Optional
 
 import torch
@@ -27,7 +26,7 @@ from diffusion.sde_samplers import AnnealedLangevin, PredictorCorrector
 from lightning_modules.contract import GenerativeModule, NonFiniteLossError, Sampling
 from lightning_modules.data_checks import check_matches_data
 from lightning_modules.hparams import save_config_hparams
-from lightning_modules.lr_schedule import LRSchedule, check_learning_rates
+from lightning_modules.lr_schedule import LRSchedule, configure_with_schedule
 from networks.denoiser import Denoiser, check_denoiser
 
 __all__ = ["DDPMModule", "NonFiniteLossError"]
@@ -61,11 +60,16 @@ class DDPMModule(GenerativeModule):
         clip_denoised: clip x̂_0 to ``value_range`` at every sampling step.
         dynamic_threshold: with ``clip_denoised``, Imagen's dynamic thresholding at this percentile (e.g. 0.995)
             instead of the static clip; null keeps the static clip.
+        guidance_scale: the classifier-free guidance weight w that sampling uses when it is not given one (the
+            sample grid, the metrics, ``predict`` and ``test`` without ``--sampling.guidance_scale``). It is saved in
+            the hyperparameters, so a checkpoint loaded in Python samples at the weight its config chose; null is 1 for
+            class-conditional models and 0 otherwise.
     """
 
     # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
     # predict/test on a checkpoint may change them
-    resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting")
+    resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting",
+                        "guidance_scale")
 
     def __init__(
         self,
@@ -87,6 +91,7 @@ class DDPMModule(GenerativeModule):
         value_range: tuple[float, float] = (0.0, 1.0),
         clip_denoised: bool = True,
         dynamic_threshold: Optional[float] = None,
+        guidance_scale: Optional[float] = None,
     ) -> None:
         super().__init__()
         save_config_hparams(self, objects=("denoiser", "optimizer", "process", "loss_weighting"))
@@ -114,6 +119,10 @@ class DDPMModule(GenerativeModule):
         self.clip_denoised = clip_denoised
         self.dynamic_threshold = dynamic_threshold
         self.num_classes = int(denoiser.num_classes)
+        if guidance_scale is not None and (guidance_scale < 0 or (guidance_scale and not self.num_classes)):
+            raise ValueError(f"guidance_scale={guidance_scale}: it must be >= 0, and 0 or null for an unconditional "
+                             f"denoiser (num_classes={self.num_classes}).")
+        self.guidance_scale = guidance_scale
         self.last_nfe: int | None = None  # network evaluations per sample of the last generate()
 
     # ---- model -------------------------------------------------------------------------------------
@@ -245,7 +254,10 @@ class DDPMModule(GenerativeModule):
 
     @property
     def default_guidance(self) -> float:
-        """w = 1 for class-conditional models: legible classes at a moderate cost in diversity."""
+        """The ``guidance_scale`` argument; unset, w = 1 for class-conditional models (legible classes at a
+        moderate cost in diversity)."""
+        if self.guidance_scale is not None:
+            return float(self.guidance_scale)
         return 1.0 if self.num_classes else 0.0
 
     @property
@@ -290,10 +302,4 @@ class DDPMModule(GenerativeModule):
         check_matches_data(self.image_shape, self.value_range, getattr(self.trainer, "datamodule", None), self.num_classes)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.denoiser.parameters())
-        check_learning_rates(optimizer)
-        if self.lr_schedule.is_constant:
-            return optimizer
-        total = self.trainer.estimated_stepping_batches if self._trainer and self.lr_schedule.needs_length else None
-        scheduler = self.lr_schedule.build(optimizer, int(total) if total and math.isfinite(total) else None)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure_with_schedule(self, self.optimizer_factory(self.denoiser.parameters()), self.lr_schedule)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_modules.data_checks import check_matches_data
 from lightning_modules.hparams import save_config_hparams
+from lightning_modules.lr_schedule import LRSchedule, configure_with_schedule
 from networks.classifier import FeatureCNN, accuracy
 
 
@@ -30,6 +31,9 @@ class FeatureClassifierModule(LightningModule):
         label_smoothing: cross-entropy label smoothing.
         value_range: pixel range of the data (the extractor maps [0, 1] images to it).
         optimizer: optimizer factory.
+        lr_schedule: warm-up and decay of the learning rate, per iteration (null: constant).
+        augment: a batch augmentation applied to training images only, by class_path (e.g.
+            ``datamodules.RandomAffine``); it sees images shifted so that the low end of ``value_range`` is 0.
         report_dir: where ``test`` writes ``classifier_test.json`` (default <default_root_dir>/eval).
     """
 
@@ -44,15 +48,19 @@ class FeatureClassifierModule(LightningModule):
         label_smoothing: float = 0.0,
         value_range: tuple[float, float] = (0.0, 1.0),
         optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_schedule: Optional[LRSchedule] = None,
+        augment: Optional[nn.Module] = None,
         report_dir: str | None = None,
     ) -> None:
         super().__init__()
-        save_config_hparams(self, objects=("optimizer",))
+        save_config_hparams(self, objects=("optimizer", "augment"))
         self.net = FeatureCNN(in_channels, num_classes, image_size, width, feature_dim, dropout)
         self.label_smoothing = label_smoothing
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self.image_shape = (in_channels, image_size, image_size)
         self.optimizer_factory = optimizer
+        self.lr_schedule = lr_schedule or LRSchedule()
+        self.augment = augment
         self.report_dir = report_dir
         self._correct = self._seen = 0
 
@@ -61,6 +69,9 @@ class FeatureClassifierModule(LightningModule):
 
     def _step(self, batch: Any, stage: str) -> Tensor:
         x, y = batch
+        if stage == "train" and self.augment is not None:
+            low = self.value_range[0]
+            x = low + self.augment(x - low)
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if stage == "train" else 0.0)
         sync = stage != "train"
@@ -95,4 +106,4 @@ class FeatureClassifierModule(LightningModule):
         check_matches_data(self.image_shape, self.value_range, getattr(self.trainer, "datamodule", None), self.net.num_classes)
 
     def configure_optimizers(self) -> Any:
-        return self.optimizer_factory(self.parameters())
+        return configure_with_schedule(self, self.optimizer_factory(self.net.parameters()), self.lr_schedule)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
+from lightning.pytorch import LightningModule
 
 
 @dataclass
@@ -76,3 +77,14 @@ def check_learning_rates(optimizer: torch.optim.Optimizer) -> list[float]:
         raise ValueError(f"learning rate must be > 0, got {base}: set model.init_args.optimizer.init_args.lr "
                          "(on the command line as --model.init_args.optimizer.init_args.lr=1e-4).")
     return base
+
+
+def configure_with_schedule(module: LightningModule, optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> Any:
+    """What ``configure_optimizers`` returns for one optimizer: the optimizer alone when ``schedule`` is constant,
+    else the optimizer with ``schedule`` stepped every iteration over the trainer's estimate of the run."""
+    check_learning_rates(optimizer)
+    if schedule.is_constant:
+        return optimizer
+    total = module.trainer.estimated_stepping_batches if module._trainer and schedule.needs_length else None
+    scheduler = schedule.build(optimizer, int(total) if total and math.isfinite(total) else None)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

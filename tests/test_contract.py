@@ -75,6 +75,24 @@ def test_predict_may_change_the_x0_clipping_of_a_checkpoint():
     assert cli.model.clip_denoised is False
 
 
+def test_the_models_guidance_scale_is_the_default_that_sampling_falls_back_to():
+    """model.guidance_scale 1.5 without --sampling.guidance_scale gives the samples stored for w = 1.5."""
+    cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
+                  "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.seed", "3",
+                  "--model.init_args.guidance_scale", "1.5", "--predict_dir", "pred")
+    assert cli.model.sampling.guidance_scale == 1.5
+    assert np.array_equal(np.load("pred/samples_rank0.npz")["samples"],
+                          np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
+    module = _old_module("epsilon")
+    assert module.default_guidance == 1.0  # unset: 1 for a class-conditional model
+    assert DDPMModule(module.denoiser, guidance_scale=0.0, image_size=16).resolve_sampling(Sampling()).guidance_scale == 0.0
+    with pytest.raises(ValueError, match="must be >= 0"):
+        DDPMModule(module.denoiser, guidance_scale=-1.0, image_size=16)
+    unconditional = TinyUNet(channels=(8, 16), t_emb_dim=16, num_heads=2, num_classes=0)
+    with pytest.raises(ValueError, match="unconditional"):
+        DDPMModule(unconditional, guidance_scale=2.0, image_size=16)
+
+
 # ---- samplers by class_path, hooks ---------------------------------------------------------------
 
 class X0JumpSampler(Sampler):
@@ -162,6 +180,21 @@ def test_channels_flow_into_the_denoiser(tmp_path):
 def test_a_model_value_that_contradicts_the_data_is_an_error_naming_both():
     with pytest.raises(ValueError, match=r"model.init_args.image_size=12 contradicts data.init_args.image_size=16"):
         run_cli("fit", "--config", str(TINY), "--trainer.fast_dev_run", "1", "--model.init_args.image_size", "12")
+
+
+def test_a_configs_guidance_scale_reaches_the_model_the_grid_and_the_checkpoint():
+    """sampling.guidance_scale is stated once: fit's sample grid and the saved hyperparameters follow it."""
+    from callbacks import SampleGrid
+
+    cli = run_cli("fit", "--config", str(ROOT / "sweeps" / "ddpm_mnist_cpu.yaml"), "--trainer.fast_dev_run", "1",
+                  "--data", "SyntheticDataModule", "--data.num_samples", "16", "--data.batch_size", "4",
+                  "--data.num_workers", "0", "--data.image_size", "28", "--sampling.guidance_scale", "0.25")
+    assert cli.model.default_guidance == 0.25 and cli.model.hparams["guidance_scale"] == 0.25
+    grid = next(cb for cb in cli.trainer.callbacks if isinstance(cb, SampleGrid))
+    assert grid.sampling.guidance_scale == 0.25
+    with pytest.raises(ValueError, match=r"guidance_scale=2.0 contradicts sampling.guidance_scale=0.25"):
+        run_cli("fit", "--config", str(TINY), "--trainer.fast_dev_run", "1", "--sampling.guidance_scale", "0.25",
+                "--model.init_args.guidance_scale", "2")
 
 
 def test_run_name_derives_every_output_folder():
