@@ -281,15 +281,16 @@ def link_data_facts(config: Namespace) -> None:
 
 def link_guidance(config: Namespace) -> None:
     """A config's ``sampling.guidance_scale`` is also its model's default guidance (``guidance_scale``), so the
-    sample grid and metrics during ``fit`` and the checkpoint's hyperparameters use the weight the config states."""
+    sample grid and metrics during ``fit`` and the checkpoint's hyperparameters use the weight the config states.
+    It wins over a model value (a run's saved config.yaml holds both, and ``--sampling.guidance_scale`` on it is
+    the newer choice); the replacement is printed."""
     sampling, model = config.get("sampling"), config.get("model")
     w = sampling.get("guidance_scale") if isinstance(sampling, Namespace) else None
     init = model.get("init_args") if isinstance(model, Namespace) else None
     if w is None or not isinstance(init, Namespace) or "guidance_scale" not in init:
         return
     if init.guidance_scale is not None and float(init.guidance_scale) != float(w):
-        raise ValueError(f"model.init_args.guidance_scale={init.guidance_scale} contradicts sampling.guidance_scale={w}; "
-                         "set sampling.guidance_scale only (it is linked into the model).")
+        rank_zero_info(f"model.init_args.guidance_scale {init.guidance_scale} replaced by sampling.guidance_scale {w}.")
     init.guidance_scale = w
 
 
