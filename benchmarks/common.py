@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import yaml
@@ -15,7 +16,7 @@ from lightning_modules.contract import Sampling
 from metrics import GenerationMetrics
 from metrics.provenance import hardware
 
-__all__ = ["hardware", "write_result", "sampling", "data_module", "score"]
+__all__ = ["hardware", "write_result", "sampling", "data_module", "score", "cached_samples"]
 
 
 def sampling(sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: str = "leading",
@@ -52,3 +53,25 @@ def score(extractor: Any, reference: Any, images_unit: torch.Tensor, seed: int,
     for idx in torch.arange(len(images_unit)).split(250):
         metric.update(images_unit[idx], idx)
     return metric.compute()
+
+
+def cached_samples(path: Path | None, settings: dict, draw: Callable[[], tuple[torch.Tensor, float]]
+                   ) -> tuple[torch.Tensor, float, float]:
+    """``draw()`` → (samples, mean NFE), timed, or the samples an earlier run saved at ``path`` with the same
+    ``settings`` (so another judge or feature network scores them without sampling again). A file whose settings
+    differ is refused. Returns (samples, NFE, seconds per image as first measured)."""
+    if path is not None and path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        theirs = {k: saved.get(k) for k in settings}
+        if theirs != settings:
+            raise SystemExit(f"{path} holds samples drawn with {theirs}, not {settings}; delete it or use another "
+                             "--samples-dir.")
+        print(f"samples from {path} (drawn at {saved['sec_per_image']:.3f} s/image)", flush=True)
+        return saved["samples"], saved["nfe"], saved["sec_per_image"]
+    start = time.perf_counter()
+    samples, nfe = draw()
+    seconds = (time.perf_counter() - start) / len(samples)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"samples": samples, "nfe": nfe, "sec_per_image": seconds, **settings}, path)
+    return samples, nfe, seconds

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import data_module, hardware, score, write_result  # noqa: E402
+from benchmarks.common import cached_samples, data_module, hardware, score, write_result  # noqa: E402
 from callbacks.sample_grid import image_grid, to_unit_range  # noqa: E402
 from diffusion import DDIMSampler, DDPMSampler, HeunODE, Sampler  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
@@ -95,19 +94,6 @@ def quality(extractor: ClassifierFeatures, judge: ClassifierFeatures, reference,
     """FID/KID, legibility and background speckle of images in [0, 1] drawn for ``labels``."""
     return {"classifier": score(extractor, reference, images_unit, seed), **legibility(judge, images_unit, labels),
             "speckle": speckle_stats(images_unit)}
-
-
-def load_samples(path: Path, cfg: Sampling, row: Row) -> tuple[torch.Tensor, float, float]:
-    """Samples saved by an earlier run of this script with the same checkpoint, row and seed (``--samples-dir``),
-    so another judge or feature network can score them without sampling again; refuses a file whose settings
-    differ from the row's."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    mine = {"sampling": cfg.describe(), "clip_x0": row.clip, "dynamic_threshold": row.threshold, "weights": row.weights}
-    theirs = {k: saved.get(k) for k in mine}
-    if theirs != mine:
-        raise SystemExit(f"{path} holds samples drawn with {theirs}, not {mine}; delete it or use another --samples-dir.")
-    print(f"{row.tag}: samples from {path} (sampled at {saved['sec_per_image']:.3f} s/image)", flush=True)
-    return saved["samples"], saved["nfe"], saved["sec_per_image"]
 
 
 def load_weights(ckpt: dict, model: DDPMModule, which: str) -> None:
@@ -214,19 +200,18 @@ def main() -> None:
         cfg = Sampling(sampler=row.sampler, guidance_scale=row.w, seed=args.seed)
         model.check_sampling(cfg)
         cached = Path(args.samples_dir) / f"{row.tag}_n{n}_seed{args.seed}_{ckpt_sha[:16]}.pt" if args.samples_dir else None
-        samples, nfe, seconds = load_samples(cached, cfg, row) if cached and cached.exists() else (None, None, None)
-        if samples is None:
-            start, nfes, chunks = time.perf_counter(), [], []
+
+        def draw() -> tuple[torch.Tensor, float]:
+            chunks, nfes = [], []
             with torch.no_grad():
                 for idx in index.split(args.batch_size):
                     chunks.append(model.generate(idx, labels[idx], sampling=cfg))
                     nfes.append(model.last_nfe)
-            seconds, samples, nfe = (time.perf_counter() - start) / n, torch.cat(chunks), sum(nfes) / len(nfes)
-            if cached:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                torch.save({"samples": samples, "labels": labels, "nfe": nfe, "sec_per_image": seconds,
-                            "sampling": cfg.describe(), "clip_x0": row.clip, "dynamic_threshold": row.threshold,
-                            "weights": row.weights}, cached)
+            return torch.cat(chunks), sum(nfes) / len(nfes)
+
+        settings = {"sampling": cfg.describe(), "clip_x0": row.clip, "dynamic_threshold": row.threshold,
+                    "weights": row.weights}
+        samples, nfe, seconds = cached_samples(cached, settings, draw)
         results.append({"setting": row.tag, "group": row.group, "sampling": cfg.describe(), "clip_x0": row.clip,
                         "dynamic_threshold": row.threshold, "samples_file": str(cached) if cached else None,
                         "weights": row.weights, "nfe": nfe, "sec_per_image": seconds,

@@ -28,9 +28,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import data_module, hardware, write_result  # noqa: E402
+from benchmarks.common import cached_samples, data_module, hardware, write_result  # noqa: E402
 from benchmarks.cpu_recipe_quality import quality  # noqa: E402
 from callbacks.sample_grid import to_unit_range  # noqa: E402
+from diffusion import DDPMSampler  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
 from lightning_modules.contract import Sampling  # noqa: E402
 from metrics import ClassifierFeatures, reference_features  # noqa: E402
@@ -134,6 +135,9 @@ def main() -> None:
     ap.add_argument("--plain-weights", default=None,
                     help="file for the trained plain network: loaded when it exists (training facts included), "
                          "written after training otherwise, so the genlab side can be re-scored without retraining")
+    ap.add_argument("--samples-dir", default=None,
+                    help="keep every row's samples here and reuse them on the next run (re-judging); genlab rows share "
+                         "benchmarks/cpu_recipe_quality.py's files for the same checkpoint, sampler, weight and seed")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -154,26 +158,38 @@ def main() -> None:
     labels = torch.arange(args.num_samples) % 10
 
     def measure(samples: torch.Tensor, seconds: float) -> dict:
-        return {"sec_per_image": seconds / len(samples),
+        return {"sec_per_image": seconds,
                 **quality(extractor, judge, reference, to_unit_range(samples, (-1.0, 1.0)), labels, args.seed)}
 
+    def cache(tag: str, weights_file: str | None) -> Path | None:
+        if not args.samples_dir or not weights_file:
+            return None
+        return Path(args.samples_dir) / f"{tag}_n{args.num_samples}_seed{args.seed}_{sha256_of(weights_file)[:16]}.pt"
+
     net, training = plain_network(dm, steps, args.seed, args.plain_weights)
-    start = time.perf_counter()
-    plain = sample_plain(net, labels, dm.channels, args.seed, args.batch_size)
-    rows = [{"model": "plain diffusers loop", "sampling": "DDIMScheduler, 50 steps, defaults (leading, clip_sample)",
-             "training": training, **measure(plain, time.perf_counter() - start)}]
+    plain_sampling = "DDIMScheduler, 50 steps, defaults (leading, clip_sample)"
+    plain, _, seconds = cached_samples(cache("plain-ddim50", args.plain_weights), {"sampling": plain_sampling},
+                                       lambda: (sample_plain(net, labels, dm.channels, args.seed, args.batch_size), 50))
+    rows = [{"model": "plain diffusers loop", "sampling": plain_sampling, "training": training, **measure(plain, seconds)}]
     print(rows[-1], flush=True)
     scales = {model.default_guidance if w.strip() == "default" else float(w) for w in args.guidance.split(",")}
     for w in sorted(scales, reverse=True):
         cfg = model.resolve_sampling(Sampling(guidance_scale=w, seed=args.seed))
-        start = time.perf_counter()
-        with torch.no_grad():
-            samples = torch.cat([model.generate(idx, labels[idx], sampling=cfg)
+
+        def draw() -> tuple[torch.Tensor, float]:
+            with torch.no_grad():
+                out = torch.cat([model.generate(idx, labels[idx], sampling=cfg)
                                  for idx in torch.arange(args.num_samples).split(args.batch_size)])
+            return out, float(model.last_nfe)
+
+        tag = f"ddpm{cfg.sampler.steps}-w{w:g}" if isinstance(cfg.sampler, DDPMSampler) else f"genlab-w{w:g}"
+        settings = {"sampling": cfg.describe(), "clip_x0": model.clip_denoised, "dynamic_threshold": model.dynamic_threshold,
+                    "weights": "ema" if model.weights_are_ema else "raw"}
+        samples, _, seconds = cached_samples(cache(tag, args.ckpt), settings, draw)
         rows.append({"model": f"genlab ({Path(args.config).name})", "sampling": cfg.describe(),
                      "training": {"steps": int(ckpt["global_step"]), "checkpoint": args.ckpt, "sha256": sha256_of(args.ckpt),
                                   "parameters": sum(p.numel() for p in model.denoiser.parameters()), "ema": model.weights_are_ema},
-                     **measure(samples, time.perf_counter() - start)})
+                     **measure(samples, seconds)})
         print(rows[-1], flush=True)
     write_result(args.out, {
         "what": "genlab CPU recipe vs a plain diffusers loop at equal optimizer steps, data and batch",
