@@ -1,4 +1,4 @@
-"""Batch augmentation (datamodules.augment) and the legibility judge built with it (sweeps/judge.yaml)."""
+"""Batch augmentation (datamodules.augment) and the legibility judge built with it (sweeps/metrics/judge.yaml)."""
 
 from __future__ import annotations
 
@@ -74,11 +74,11 @@ def test_classifier_augments_training_batches_only_and_fills_with_the_low_value(
 
 
 def test_judge_overlay_trains_an_augmented_classifier_with_a_cosine_decay():
-    """sweeps/judge.yaml composed on the tiny feature config: no label smoothing, RandomAffine, the LR annealed
+    """sweeps/metrics/judge.yaml composed on the tiny feature config: no label smoothing, RandomAffine, the LR annealed
     to its minimum by the last step, and a checkpoint that the metrics' ClassifierFeatures loads."""
     from metrics import ClassifierFeatures
 
-    cli = run_cli("fit", "--config", str(TINY_FEATURES), "--config", str(SWEEPS / "judge.yaml"),
+    cli = run_cli("fit", "--config", str(TINY_FEATURES), "--config", str(SWEEPS / "metrics" / "judge.yaml"),
                   "--trainer.max_epochs", "6", "--model.init_args.lr_schedule.warmup_steps", "5")
     module = cli.model
     assert module.label_smoothing == 0.0 and isinstance(module.augment, RandomAffine)
