@@ -16,7 +16,7 @@ from lightning_modules.contract import Sampling
 from metrics import GenerationMetrics
 from metrics.provenance import hardware
 
-__all__ = ["hardware", "write_result", "sampling", "data_module", "score", "cached_samples"]
+__all__ = ["hardware", "write_result", "sampling", "data_module", "score", "cached_samples", "sample_settings"]
 
 
 def sampling(sampler: str = "ddim", steps: int = 50, eta: float = 0.0, spacing: str = "leading",
@@ -53,6 +53,12 @@ def score(extractor: Any, reference: Any, images_unit: torch.Tensor, seed: int,
     for idx in torch.arange(len(images_unit)).split(250):
         metric.update(images_unit[idx], idx)
     return metric.compute()
+
+
+def sample_settings(sampling: Sampling, clip_x0: bool, dynamic_threshold: float | None, weights: str) -> dict:
+    """What a set of DDPMModule samples depends on besides checkpoint, count and seed: the key ``cached_samples``
+    checks, one shape for every script so they share saved files."""
+    return {"sampling": sampling.describe(), "clip_x0": clip_x0, "dynamic_threshold": dynamic_threshold, "weights": weights}
 
 
 def cached_samples(path: Path | None, settings: dict, draw: Callable[[], tuple[torch.Tensor, float]]

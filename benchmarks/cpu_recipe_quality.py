@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cached_samples, data_module, hardware, score, write_result  # noqa: E402
+from benchmarks.common import cached_samples, data_module, hardware, sample_settings, score, write_result  # noqa: E402
 from callbacks.sample_grid import image_grid, to_unit_range  # noqa: E402
 from diffusion import DDIMSampler, DDPMSampler, HeunODE, Sampler  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
@@ -209,12 +209,10 @@ def main() -> None:
                     nfes.append(model.last_nfe)
             return torch.cat(chunks), sum(nfes) / len(nfes)
 
-        settings = {"sampling": cfg.describe(), "clip_x0": row.clip, "dynamic_threshold": row.threshold,
-                    "weights": row.weights}
+        settings = sample_settings(cfg, row.clip, row.threshold, row.weights)
         samples, nfe, seconds = cached_samples(cached, settings, draw)
-        results.append({"setting": row.tag, "group": row.group, "sampling": cfg.describe(), "clip_x0": row.clip,
-                        "dynamic_threshold": row.threshold, "samples_file": str(cached) if cached else None,
-                        "weights": row.weights, "nfe": nfe, "sec_per_image": seconds,
+        results.append({"setting": row.tag, "group": row.group, **settings, "samples_file": str(cached) if cached else None,
+                        "nfe": nfe, "sec_per_image": seconds,
                         **quality(extractor, judge, reference, to_unit_range(samples, model.value_range), labels, args.seed)})
         print(row.tag, {k: v for k, v in results[-1].items() if k != "sampling"}, flush=True)
         if grids:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cached_samples, data_module, hardware, write_result  # noqa: E402
+from benchmarks.common import cached_samples, data_module, hardware, sample_settings, write_result  # noqa: E402
 from benchmarks.cpu_recipe_quality import quality  # noqa: E402
 from callbacks.sample_grid import to_unit_range  # noqa: E402
 from diffusion import DDPMSampler  # noqa: E402
@@ -183,8 +183,7 @@ def main() -> None:
             return out, float(model.last_nfe)
 
         tag = f"ddpm{cfg.sampler.steps}-w{w:g}" if isinstance(cfg.sampler, DDPMSampler) else f"genlab-w{w:g}"
-        settings = {"sampling": cfg.describe(), "clip_x0": model.clip_denoised, "dynamic_threshold": model.dynamic_threshold,
-                    "weights": "ema" if model.weights_are_ema else "raw"}
+        settings = sample_settings(cfg, model.clip_denoised, model.dynamic_threshold, "ema" if model.weights_are_ema else "raw")
         samples, _, seconds = cached_samples(cache(tag, args.ckpt), settings, draw)
         rows.append({"model": f"genlab ({Path(args.config).name})", "sampling": cfg.describe(),
                      "training": {"steps": int(ckpt["global_step"]), "checkpoint": args.ckpt, "sha256": sha256_of(args.ckpt),
