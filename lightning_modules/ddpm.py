@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from diffusion.guidance import classifier_free_guidance
+from diffusion.guidance import check_guidance_interval, classifier_free_guidance, interval_weight
 from diffusion.hooks import Progress
 from diffusion.loss_weighting import LossWeighting
 from diffusion.ncsn import NCSNProcess
@@ -64,12 +64,16 @@ class DDPMModule(GenerativeModule):
             sample grid, the metrics, ``predict`` and ``test`` without ``--sampling.guidance_scale``). It is saved in
             the hyperparameters, so a checkpoint loaded in Python samples at the weight its config chose; null is 1 for
             class-conditional models and 0 otherwise.
+        guidance_interval: ``[sigma_lo, sigma_hi]``: guide only at steps whose noise level σ(t)/α(t) lies in
+            (sigma_lo, sigma_hi] and use the conditional model elsewhere (Kynkäänniemi et al. 2024; their
+            ImageNet choice is [0.28, 2.9]). Steps outside it cost one network pass instead of two. null guides
+            at every step. A sampling choice, like ``guidance_scale``: resume-safe and saved in the hyperparameters.
     """
 
     # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
     # predict/test on a checkpoint may change them
     resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting",
-                        "guidance_scale")
+                        "guidance_scale", "guidance_interval")
 
     def __init__(
         self,
@@ -92,6 +96,7 @@ class DDPMModule(GenerativeModule):
         clip_denoised: bool = True,
         dynamic_threshold: Optional[float] = None,
         guidance_scale: Optional[float] = None,
+        guidance_interval: Optional[tuple[float, float]] = None,
     ) -> None:
         super().__init__()
         save_config_hparams(self, objects=("denoiser", "optimizer", "process", "loss_weighting"))
@@ -123,6 +128,7 @@ class DDPMModule(GenerativeModule):
             raise ValueError(f"guidance_scale={guidance_scale}: it must be >= 0, and 0 or null for an unconditional "
                              f"denoiser (num_classes={self.num_classes}).")
         self.guidance_scale = guidance_scale
+        self.guidance_interval = check_guidance_interval(guidance_interval)
         self.last_nfe: int | None = None  # network evaluations per sample of the last generate()
 
     # ---- model -------------------------------------------------------------------------------------
@@ -188,17 +194,25 @@ class DDPMModule(GenerativeModule):
     # ---- sampling ----------------------------------------------------------------------------------
 
     def guided_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float, **kwargs: Any) -> Tensor:
-        """Network output with classifier-free guidance; both branches run in one batched forward pass."""
+        """Network output with classifier-free guidance; both branches run in one batched forward pass. With
+        ``guidance_interval``, steps outside it run the conditional branch alone."""
         if labels is None or not self.num_classes:
             return self(x, t, None, **kwargs)
-        if guidance_scale == 0:
+        w: float | Tensor = guidance_scale
+        if guidance_scale and self.guidance_interval is not None:
+            alpha, sigma = self.process.marginal(t.expand(x.shape[0]), 1)
+            w = interval_weight(guidance_scale, sigma / alpha, self.guidance_interval).to(x.dtype)
+            if not bool(w.any()):
+                return self(x, t, labels, **kwargs)
+            w = w.view(-1, *([1] * (x.ndim - 1)))
+        if not isinstance(w, Tensor) and w == 0:
             return self(x, t, labels, **kwargs)
         both = self(
             torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, -1)]),
             **{k: torch.cat([v, v]) if isinstance(v, Tensor) else v for k, v in kwargs.items()},
         )
         cond, uncond = both.chunk(2)
-        return classifier_free_guidance(cond, uncond, guidance_scale)
+        return classifier_free_guidance(cond, uncond, w)
 
     def denoise_fn(self, labels: Tensor | None = None, guidance_scale: float = 0.0, **kwargs: Any) -> DenoiseFn:
         """The closure a sampler calls: labels, guidance, conditions and x̂_0 clipping are bound here."""
@@ -294,6 +308,7 @@ class DDPMModule(GenerativeModule):
                 "schedule": getattr(self.process, "schedule", None),
                 "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type,
                 "clip_denoised": self.clip_denoised, "dynamic_threshold": self.dynamic_threshold,
+                "guidance_interval": self.guidance_interval,
                 "loss_weighting": repr(self.loss_weighting) if self.loss_weighting is not None else None}
 
     # ---- Lightning plumbing ------------------------------------------------------------------------

