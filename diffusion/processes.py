@@ -64,6 +64,10 @@ class NoiseProcess(nn.Module):
         """The time value the denoiser is conditioned on (identity unless a process says otherwise)."""
         return t
 
+    def time_from_network(self, u: Tensor) -> Tensor:
+        """Inverse of ``network_time``: the process time of a value the denoiser was given."""
+        return u
+
     def training_times(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
         """t for a training batch: uniform on [t_min, t_max] (continuous processes)."""
         t_min, t_max = float(getattr(self, "t_min", 0.0)), float(getattr(self, "t_max", 1.0))

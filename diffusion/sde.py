@@ -59,10 +59,6 @@ class SDE(NoiseProcess):
         """g(t), shaped to broadcast over a tensor of ``ndim`` dims."""
         raise NotImplementedError
 
-    def time_from_network(self, u: Tensor) -> Tensor:
-        """Inverse of ``network_time``."""
-        return u
-
     def reverse_drift(self, x: Tensor, t: Tensor, score: Tensor, probability_flow: bool = False) -> Tensor:
         """f − g² ∇log p_t of the reverse SDE (Eq. 6), or f − ½ g² ∇log p_t of the probability-flow ODE (Eq. 13)."""
         g2 = self.diffusion(t, x.ndim).to(x.dtype) ** 2

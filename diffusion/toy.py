@@ -91,16 +91,11 @@ def toy_mixture() -> GaussianMixture:
     return GaussianMixture([0.2, 0.8], [[-5.0, -5.0], [5.0, 5.0]], [1.0, 1.0])
 
 
-def _time_from_network(process: NoiseProcess, u: Tensor) -> Tensor:
-    inverse = getattr(process, "time_from_network", None)
-    return inverse(u) if inverse is not None else u
-
-
 def exact_net_fn(dist: GaussianMixture, process: NoiseProcess) -> Callable[[Tensor, Tensor], Tensor]:
     """An ε-network with the exact answer: (x, network time) ↦ ε* = −σ(t) ∇log p_t(x) under ``process``."""
 
     def net_fn(x: Tensor, u: Tensor) -> Tensor:
-        alpha, sigma = process.marginal(_time_from_network(process, u), 1)
+        alpha, sigma = process.marginal(process.time_from_network(u), 1)
         return -sigma.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1))) * dist.score(x, alpha, sigma)
 
     return net_fn

