@@ -96,14 +96,16 @@ def score(extractor: Any, reference: Any, images_unit: torch.Tensor, seed: int,
 
 
 def sample_settings(sampling: Sampling, clip_x0: bool, dynamic_threshold: float | None, weights: str,
-                    guidance_interval: tuple[float, float] | None = None) -> dict:
+                    guidance_interval: tuple[float, float] | None = None, guide_sha256: str | None = None) -> dict:
     """What a set of DDPMModule samples depends on besides checkpoint, count and seed: the key ``cached_samples``
-    checks, one shape for every script so they share saved files. An unset guidance interval is left out, so
-    files saved before the option existed still match."""
+    checks, one shape for every script so they share saved files. An unset guidance interval or guide (autoguidance
+    checkpoint, by hash) is left out, so files saved before the options existed still match."""
     settings = {"sampling": sampling.describe(), "clip_x0": clip_x0, "dynamic_threshold": dynamic_threshold,
                 "weights": weights}
     if guidance_interval is not None:
         settings["guidance_interval"] = list(guidance_interval)
+    if guide_sha256 is not None:
+        settings["guide_sha256"] = guide_sha256
     return settings
 
 

@@ -15,8 +15,9 @@ ancestral sampling with 100 respaced steps, plus 50 and 200 steps at w = ``--w``
 leading and trailing spacing at w = ``--w``), ``causes`` (the speckle suspects at DDIM-50, w = ``--w``: x̂_0
 clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights; and DDPM ancestral with 100
 respaced steps, the Heun probability-flow ODE with 25 steps), ``interval`` (DDPM-100 with guidance limited to
-noise levels σ in (0.28, 2.9] at w and 2w, and in (0.28, 5] and (0, 2.9] at w). Writes a JSON result, a Markdown table, the
-FID-legibility frontier plot, and a 10 x 10 grid per row with ``--grids``.
+noise levels σ in (0.28, 2.9] at w and 2w, and in (0.28, 5] and (0, 2.9] at w), ``autoguidance`` (DDPM-100 guided
+by the weaker model ``--guide`` instead of the unconditional branch, Karras et al. 2024, at w = 1, 1.5, 2).
+Writes a JSON result, a Markdown table, the FID-legibility frontier plot, and a 10 x 10 grid per row with ``--grids``.
 
     python benchmarks/cpu_recipe_quality.py --config sweeps/ddpm_fashion_mnist_cpu.yaml \\
         --ckpt runs/ddpm_fashion_mnist_cpu/checkpoints/last.ckpt \\
@@ -59,6 +60,7 @@ class Row:
     weights: str = "ema"
     threshold: float | None = None
     interval: tuple[float, float] | None = None
+    autoguide: bool = False
 
 
 def rows_for(groups: list[str], w: float) -> list[Row]:
@@ -74,6 +76,9 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
     if "interval" in groups:  # guidance only at mid noise levels (Kynkäänniemi et al. 2024), DDPM-100
         rows += [Row(f"ddpm100-w{g:g}-int{lo:g}-{hi:g}", "interval", DDPMSampler(100), g, interval=(lo, hi))
                  for g, (lo, hi) in ((w, (0.28, 2.9)), (2 * w, (0.28, 2.9)), (w, (0.28, 5.0)), (w, (0.0, 2.9)))]
+    if "autoguidance" in groups:  # the --guide model in place of the unconditional branch (Karras et al. 2024)
+        rows += [Row(f"ddpm100-w{g:g}-autoguide", "autoguidance", DDPMSampler(100), g, autoguide=True)
+                 for g in (1.0, 1.5, 2.0)]
     if "causes" in groups:
         rows += [Row(f"ddim50-w{w:g}-noclip", "causes", DDIMSampler(50), w, clip=False),
                  Row(f"ddim50-w{w:g}-dynthresh", "causes", DDIMSampler(50), w, threshold=0.995),
@@ -118,7 +123,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for row in rows:
-        marker = {"floor": "*", "guidance": "o", "ancestral": "D", "steps": "s", "causes": "^", "interval": "P"}[row["group"]]
+        marker = {"floor": "*", "guidance": "o", "ancestral": "D", "steps": "s", "causes": "^", "interval": "P",
+                  "autoguidance": "X"}[row["group"]]
         ax.scatter(row["legible"], row["classifier"]["fid"], marker=marker, s=40)
         ax.annotate(row["setting"].split(" ")[0], (row["legible"], row["classifier"]["fid"]), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")
@@ -160,6 +166,8 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=1000)
     ap.add_argument("--groups", default="guidance,ancestral,steps,causes")
     ap.add_argument("--only", default=None, help="comma list of row tags to run")
+    ap.add_argument("--guide", default=None, help="DDPMModule checkpoint guiding the autoguidance rows: a weaker "
+                                                  "model on the same data, e.g. this recipe stopped early")
     ap.add_argument("--w", type=float, default=None, help="guidance weight of the steps/causes rows (default: the model's)")
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
@@ -202,8 +210,11 @@ def main() -> None:
     for row in rows_for(args.groups.split(","), w):
         if wanted and row.tag not in wanted:
             continue
+        if row.autoguide and not args.guide:
+            raise SystemExit(f"row {row.tag} needs --guide: a weaker DDPMModule checkpoint on the same data.")
         load_weights(ckpt, model, row.weights)
         model.clip_denoised, model.dynamic_threshold, model.guidance_interval = row.clip, row.threshold, row.interval
+        model.set_guide(args.guide if row.autoguide else None)
         labels = index % model.num_classes
         cfg = Sampling(sampler=row.sampler, guidance_scale=row.w, seed=args.seed)
         model.check_sampling(cfg)
@@ -217,7 +228,7 @@ def main() -> None:
                     nfes.append(model.last_nfe)
             return torch.cat(chunks), sum(nfes) / len(nfes)
 
-        settings = sample_settings(cfg, row.clip, row.threshold, row.weights, row.interval)
+        settings = sample_settings(cfg, row.clip, row.threshold, row.weights, row.interval, model.guide_sha256)
         samples, nfe, seconds = cached_samples(cached, settings, draw)
         results.append({"setting": row.tag, "group": row.group, **settings, "samples_file": str(cached) if cached else None,
                         "nfe": nfe, "sec_per_image": seconds,
@@ -235,6 +246,9 @@ def main() -> None:
             "what": "sample quality vs sampling settings: in-domain FID/KID, legibility, background speckle",
             "command": " ".join(sys.argv), "num_samples": n, "seed": args.seed,
             "checkpoint": {"path": args.ckpt, "sha256": ckpt_sha, "provenance": model.provenance()},
+            "guide": {"path": args.guide, "sha256": sha256_of(args.guide),
+                      "global_step": torch.load(args.guide, map_location="cpu", weights_only=True)["global_step"]}
+                     if args.guide else None,
             "labels": "i mod 10 (balanced)",
             "legibility": f"argmax of the judge == label, confidence >= {CONFIDENCE}",
             "judge": judge.describe(),

@@ -1,6 +1,6 @@
 """Diffusion maths: noise processes, samplers that own their loop, hooks. Pure PyTorch, no Lightning."""
 
-from diffusion.guidance import check_guidance_interval, classifier_free_guidance, interval_weight
+from diffusion.guidance import autoguidance, check_guidance_interval, classifier_free_guidance, interval_weight
 from diffusion.hooks import Inpaint, Trajectory
 from diffusion.loss_weighting import LossWeighting, MinSNR
 from diffusion.ncsn import LogSigmaVESDE, NCSNProcess
@@ -46,6 +46,7 @@ __all__ = [
     "MinSNR",
     "Trajectory",
     "classifier_free_guidance",
+    "autoguidance",
     "interval_weight",
     "check_guidance_interval",
     "SDE",

@@ -9,6 +9,7 @@ the closure ``denoise(x, t)`` (labels, guidance, conditions, x̂_0 clipping) and
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal, Optional
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from diffusion.guidance import check_guidance_interval, classifier_free_guidance, interval_weight
+from diffusion.guidance import autoguidance, check_guidance_interval, classifier_free_guidance, interval_weight
 from diffusion.hooks import Progress
 from diffusion.loss_weighting import LossWeighting
 from diffusion.ncsn import NCSNProcess
@@ -27,9 +28,19 @@ from lightning_modules.contract import GenerativeModule, NonFiniteLossError, Sam
 from lightning_modules.data_checks import check_matches_data
 from lightning_modules.hparams import save_config_hparams
 from lightning_modules.lr_schedule import LRSchedule, configure_with_schedule
+from metrics.checkpoints import read_checkpoint
+from metrics.provenance import sha256_of
 from networks.denoiser import Denoiser, check_denoiser
 
 __all__ = ["DDPMModule", "NonFiniteLossError"]
+
+
+def _describe(process: NoiseProcess) -> str:
+    """The process's class and arguments, plus a digest of its tables (β_t and ᾱ_t are not in ``extra_repr``)."""
+    digest = hashlib.sha256()
+    for name, buf in sorted(process.named_buffers(), key=lambda item: item[0]):
+        digest.update(name.encode() + buf.detach().cpu().double().numpy().tobytes())
+    return f"{type(process).__name__}({process.extra_repr()}; tables {digest.hexdigest()[:12]})"
 
 
 class DDPMModule(GenerativeModule):
@@ -68,12 +79,19 @@ class DDPMModule(GenerativeModule):
             (sigma_lo, sigma_hi] and use the conditional model elsewhere (Kynkäänniemi et al. 2024; their
             ImageNet choice is [0.28, 2.9]). Steps outside it cost one network pass instead of two. null guides
             at every step. A sampling choice, like ``guidance_scale``: resume-safe and saved in the hyperparameters.
+        guide_checkpoint: autoguidance (Karras et al. 2024): a checkpoint of a weaker DDPMModule on the same data
+            and noise process (this recipe saved early in its run, or a smaller network) whose prediction replaces
+            the unconditional branch: ε̃ = (1 + w)·ε(x, c) − w·ε_guide(x, c). ``guidance_scale`` and
+            ``guidance_interval`` apply unchanged, and it also guides unconditional models. A class-conditional
+            guide gets the labels; an unconditional one is plain CFG with a separate unconditional network. Loaded
+            frozen with its EMA weights and kept out of this module's state_dict (its path is in the
+            hyperparameters, its sha256 in the provenance); a sampling choice, resume-safe. null: CFG.
     """
 
     # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
     # predict/test on a checkpoint may change them
     resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting",
-                        "guidance_scale", "guidance_interval")
+                        "guidance_scale", "guidance_interval", "guide_checkpoint")
 
     def __init__(
         self,
@@ -97,6 +115,7 @@ class DDPMModule(GenerativeModule):
         dynamic_threshold: Optional[float] = None,
         guidance_scale: Optional[float] = None,
         guidance_interval: Optional[tuple[float, float]] = None,
+        guide_checkpoint: Optional[str] = None,
     ) -> None:
         super().__init__()
         save_config_hparams(self, objects=("denoiser", "optimizer", "process", "loss_weighting"))
@@ -124,12 +143,51 @@ class DDPMModule(GenerativeModule):
         self.clip_denoised = clip_denoised
         self.dynamic_threshold = dynamic_threshold
         self.num_classes = int(denoiser.num_classes)
-        if guidance_scale is not None and (guidance_scale < 0 or (guidance_scale and not self.num_classes)):
+        self.set_guide(guide_checkpoint)
+        if guidance_scale is not None and (guidance_scale < 0 or (guidance_scale and not self.can_guide)):
             raise ValueError(f"guidance_scale={guidance_scale}: it must be >= 0, and 0 or null for an unconditional "
-                             f"denoiser (num_classes={self.num_classes}).")
+                             f"denoiser (num_classes={self.num_classes}) without a guide_checkpoint.")
         self.guidance_scale = guidance_scale
         self.guidance_interval = check_guidance_interval(guidance_interval)
         self.last_nfe: int | None = None  # network evaluations per sample of the last generate()
+
+    # ---- autoguidance ------------------------------------------------------------------------------
+
+    def set_guide(self, path: str | None) -> None:
+        """Load ``path`` as the frozen guiding model of autoguidance (None: guide by the unconditional branch).
+
+        The guide is held outside the module tree, so it never enters this module's checkpoints, optimizer or EMA.
+        """
+        self.guide_checkpoint, self.guide_sha256 = path, None
+        self.__dict__["_guide"] = None
+        if path is None:
+            return
+        ckpt_path, _ = read_checkpoint(
+            path, config_key="guide_checkpoint", expect_class="DDPMModule", expect_prefix="denoiser.",
+            how_to_make="Use a DDPMModule checkpoint trained on the same data and noise process, e.g. this recipe "
+                        "stopped early: python cli.py fit --config sweeps/ddpm_mnist_cpu.yaml --trainer.max_steps 450 "
+                        "--run_name guide, then --model.init_args.guide_checkpoint runs/guide/checkpoints/last.ckpt.")
+        guide = DDPMModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True, guide_checkpoint=None)
+        mismatches = [f"{name}: guide {theirs} vs model {ours}" for name, theirs, ours in (
+            ("noise process", _describe(guide.process), _describe(self.process)),
+            ("prediction_type", guide.prediction_type, self.prediction_type),
+            ("image shape", guide.image_shape, self.image_shape),
+            ("value_range", guide.value_range, self.value_range),
+            ("classes", guide.num_classes, self.num_classes if guide.num_classes else 0)) if theirs != ours]
+        if mismatches:
+            raise ValueError(f"guide_checkpoint {str(ckpt_path)!r} does not match this model ({'; '.join(mismatches)}): "
+                             "the guide must be trained on the same data, noise process and parameterisation.")
+        self.guide_sha256 = sha256_of(ckpt_path)
+        self.__dict__["_guide"] = guide.eval().requires_grad_(False)
+
+    @property
+    def can_guide(self) -> bool:
+        """Guidance has a second branch: the unconditional one of a class-conditional denoiser, or a guide model."""
+        return bool(self.num_classes) or self._guide is not None
+
+    def _guide_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, **kwargs: Any) -> Tensor:
+        guide: DDPMModule = self._guide.to(device=x.device)
+        return guide(x, t, labels if guide.num_classes else None, **kwargs)
 
     # ---- model -------------------------------------------------------------------------------------
 
@@ -194,9 +252,12 @@ class DDPMModule(GenerativeModule):
     # ---- sampling ----------------------------------------------------------------------------------
 
     def guided_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float, **kwargs: Any) -> Tensor:
-        """Network output at network time ``t`` with classifier-free guidance; both branches run in one batched
-        forward pass. With ``guidance_interval``, steps outside it run the conditional branch alone."""
-        if labels is None or not self.num_classes:
+        """Network output at network time ``t`` with guidance: classifier-free, whose two branches run in one batched
+        forward pass, or autoguidance by ``guide_checkpoint``. With ``guidance_interval``, steps outside it run the
+        conditional branch alone."""
+        if not self.num_classes:
+            labels = None
+        if labels is None and self._guide is None:
             return self(x, t, None, **kwargs)
         w: float | Tensor = guidance_scale
         if guidance_scale and self.guidance_interval is not None:
@@ -207,6 +268,8 @@ class DDPMModule(GenerativeModule):
             w = w.view(-1, *([1] * (x.ndim - 1)))
         if not isinstance(w, Tensor) and w == 0:
             return self(x, t, labels, **kwargs)
+        if self._guide is not None:
+            return autoguidance(self(x, t, labels, **kwargs), self._guide_prediction(x, t, labels, **kwargs), w)
         both = self(
             torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, -1)]),
             **{k: torch.cat([v, v]) if isinstance(v, Tensor) else v for k, v in kwargs.items()},
@@ -290,9 +353,10 @@ class DDPMModule(GenerativeModule):
 
     def check_sampling(self, sampling: Sampling) -> None:
         (sampling.sampler or self.default_sampler).check(self.process)
-        if sampling.guidance_scale and not self.num_classes:
+        if sampling.guidance_scale and not self.can_guide:
             raise ValueError(f"guidance_scale={sampling.guidance_scale} but the denoiser is unconditional "
-                             "(num_classes=0): classifier-free guidance needs a class-conditional model; set it to 0.")
+                             "(num_classes=0): classifier-free guidance needs a class-conditional model; set it to 0, "
+                             "or guide by a weaker model with --model.init_args.guide_checkpoint.")
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         indices, labels = batch
@@ -309,6 +373,7 @@ class DDPMModule(GenerativeModule):
                 "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type,
                 "clip_denoised": self.clip_denoised, "dynamic_threshold": self.dynamic_threshold,
                 "guidance_interval": self.guidance_interval,
+                "guide": {"checkpoint": self.guide_checkpoint, "sha256": self.guide_sha256} if self.guide_checkpoint else None,
                 "loss_weighting": repr(self.loss_weighting) if self.loss_weighting is not None else None}
 
     # ---- Lightning plumbing ------------------------------------------------------------------------

@@ -57,6 +57,9 @@ class DiffuseVAEModule(ReconstructionEvaluation, DDPMModule):
         report_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("guide_checkpoint"):
+            raise ValueError("guide_checkpoint (autoguidance) takes a plain DDPMModule guide, which cannot read DiffuseVAE's "
+                             "VAE condition; leave it null for DiffuseVAEModule.")
         super().__init__(denoiser=denoiser, **kwargs)
         save_config_hparams(self, objects=("denoiser", "optimizer"))
         if getattr(denoiser, "cond_channels", 0) != self.image_shape[0]:

@@ -23,3 +23,21 @@ def test_cached_samples_draws_once_and_refuses_other_settings(tmp_path):
         cached_samples(path, {**settings, "weights": "raw"}, draw)
     cached_samples(None, settings, draw)  # no file: draws every time
     assert len(calls) == 2
+
+
+def test_sample_settings_keys_a_guide_by_hash_and_leave_old_keys_unchanged(tmp_path):
+    """Rows drawn with an autoguidance guide are keyed by its hash, so a cached CFG row is never reused for them (or
+    for another guide), while settings without a guide keep the shape older saved files have."""
+    from benchmarks.common import sample_settings
+    from diffusion import DDPMSampler
+    from lightning_modules.contract import Sampling
+
+    cfg = Sampling(DDPMSampler(100), 1.0, seed=0)
+    plain = sample_settings(cfg, True, None, "ema")
+    assert set(plain) == {"sampling", "clip_x0", "dynamic_threshold", "weights"}
+    guided = sample_settings(cfg, True, None, "ema", guide_sha256="ab" * 32)
+    assert guided == {**plain, "guide_sha256": "ab" * 32}
+    path = tmp_path / "row.pt"
+    cached_samples(path, plain, lambda: (torch.zeros(2, 1, 2, 2), 100.0))
+    with pytest.raises(SystemExit, match="holds samples drawn with"):
+        cached_samples(path, guided, lambda: (torch.ones(2, 1, 2, 2), 100.0))

@@ -38,18 +38,19 @@ def _sampler(config: dict) -> Sampler:
     return DDPMSampler(config["steps"], variance=config.get("variance", "beta_tilde"), spacing=config.get("spacing", "leading"))
 
 
-def test_ddpm_and_ddim_samples_are_bit_identical_to_the_old_code():
-    """Samples saved by the pre-redesign code (15 cases: ε/x0/v, DDPM/DDIM, spacings, η, guidance).
-
-    They were recorded with 2 intra-op threads; a convolution's reduction order, and so its last bits, depend on
-    the thread count, so the test pins it (under OMP_NUM_THREADS=1 it failed without the pin)."""
-    ref = torch.load(DATA / "sampler_parity_400494a.pt", weights_only=True)
+@pytest.fixture
+def two_threads():
+    """The stored samples were recorded with 2 intra-op threads; a convolution's reduction order, and so its last
+    bits, depend on the thread count, so bit-for-bit tests pin it (under OMP_NUM_THREADS=1 they failed unpinned)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    try:
-        _compare_with_old_samples(ref)
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ddpm_and_ddim_samples_are_bit_identical_to_the_old_code(two_threads):
+    """Samples saved by the pre-redesign code (15 cases: ε/x0/v, DDPM/DDIM, spacings, η, guidance)."""
+    _compare_with_old_samples(torch.load(DATA / "sampler_parity_400494a.pt", weights_only=True))
 
 
 def _compare_with_old_samples(ref: dict) -> None:
@@ -63,7 +64,7 @@ def _compare_with_old_samples(ref: dict) -> None:
         assert torch.equal(out, case["samples"]), (case["prediction_type"], cfg)
 
 
-def test_an_old_checkpoint_loads_and_predicts_the_same_samples():
+def test_an_old_checkpoint_loads_and_predicts_the_same_samples(two_threads):
     cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
                   "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.guidance_scale", "1.5",
                   "--sampling.seed", "3",
@@ -87,7 +88,7 @@ def test_predict_may_change_the_x0_clipping_of_a_checkpoint():
     assert cli.model.clip_denoised is False
 
 
-def test_the_models_guidance_scale_is_the_default_that_sampling_falls_back_to():
+def test_the_models_guidance_scale_is_the_default_that_sampling_falls_back_to(two_threads):
     """model.guidance_scale 1.5 without --sampling.guidance_scale gives the samples stored for w = 1.5."""
     cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
                   "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.seed", "3",
@@ -105,7 +106,7 @@ def test_the_models_guidance_scale_is_the_default_that_sampling_falls_back_to():
         DDPMModule(unconditional, guidance_scale=2.0, image_size=16)
 
 
-def test_predict_takes_a_guidance_interval_for_an_old_checkpoint():
+def test_predict_takes_a_guidance_interval_for_an_old_checkpoint(two_threads):
     """An interval that holds every step reproduces the stored fully guided samples bit for bit; the interval is
     kept in the hyperparameters and the provenance."""
     cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
@@ -123,6 +124,27 @@ def test_predict_takes_a_guidance_interval_for_an_old_checkpoint():
     run_cli(*common, "--sampling.guidance_scale", "0", "--predict_dir", "w0")
     never = np.load("never/samples_rank0.npz")["samples"]
     assert np.array_equal(never, np.load("w0/samples_rank0.npz")["samples"]) and not np.array_equal(never, stored)
+
+
+def test_predict_takes_a_guide_checkpoint_for_an_old_checkpoint():
+    """Autoguidance is a sampling choice: predict on a checkpoint trained without it works, and a model guided by
+    an identical copy of itself draws its conditional samples (to rounding) while a weaker copy (weights × 0.9) moves
+    them; the path is in the hyperparameters and the provenance."""
+    common = ("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
+              "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.seed", "3")
+    guide = str(DATA / "tiny_ddpm_400494a.ckpt")
+    cli = run_cli(*common, "--sampling.guidance_scale", "1.5", "--model.init_args.guide_checkpoint", guide,
+                  "--predict_dir", "self")
+    assert cli.model.hparams.guide_checkpoint == guide and cli.model.provenance()["guide"]["checkpoint"] == guide
+    run_cli(*common, "--sampling.guidance_scale", "0", "--predict_dir", "w0")
+    ckpt = torch.load(guide, map_location="cpu", weights_only=True)
+    ckpt["state_dict"] = {k: v * 0.9 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, "weaker.ckpt")
+    run_cli(*common, "--sampling.guidance_scale", "1.5", "--model.init_args.guide_checkpoint", "weaker.ckpt",
+            "--predict_dir", "weaker")
+    guided_by_self, w0 = np.load("self/samples_rank0.npz")["samples"], np.load("w0/samples_rank0.npz")["samples"]
+    weaker = np.load("weaker/samples_rank0.npz")["samples"]
+    assert np.abs(guided_by_self - w0).max() < 1e-4 and np.abs(weaker - w0).max() > 1e-2
 
 
 # ---- samplers by class_path, hooks ---------------------------------------------------------------

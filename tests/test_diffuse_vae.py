@@ -35,6 +35,13 @@ def test_missing_and_wrong_checkpoints_give_clear_errors(tmp_path):
         load_frozen_vae("run/checkpoints/last.ckpt")
 
 
+def test_a_guide_checkpoint_is_refused_before_anything_loads(tmp_path):
+    """Autoguidance's guide is a plain DDPM, which cannot read the VAE condition; the error comes before the VAE
+    (a path that does not exist here) is even opened."""
+    with pytest.raises(ValueError, match="guide_checkpoint"):
+        _module(tmp_path / "no_vae.ckpt", guide_checkpoint="any.ckpt")
+
+
 def test_denoiser_without_cond_channels_is_rejected(vae_ckpt):
     with pytest.raises(ValueError, match="cond_channels"):
         DiffuseVAEModule(str(vae_ckpt), TinyUNet(channels=(8, 16), num_heads=2, t_emb_dim=16), image_size=16)

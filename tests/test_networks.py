@@ -1,4 +1,4 @@
-"""U-Net shapes and conditioning, and classifier-free guidance."""
+"""U-Net shapes and conditioning, classifier-free guidance and autoguidance."""
 
 import pytest
 import torch
@@ -155,3 +155,117 @@ def test_sample_is_reproducible_and_batch_independent():
     b = m.generate(torch.arange(2, 4), sampling=cfg)
     assert torch.allclose(a[2:], b, atol=1e-5)
     assert a.min() >= 0 and a.max() <= 1  # clipped to value_range
+
+
+# ---- autoguidance: guidance by a weaker version of the model ------------------------------------
+
+def _guide_file(tmp_path, scale: float = 0.05, **changes):
+    """The stored tiny DDPM checkpoint with its denoiser perturbed (a different, "weaker" model), saved anew."""
+    from conftest import ROOT
+
+    ckpt = torch.load(ROOT / "tests" / "data" / "tiny_ddpm_400494a.ckpt", map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(7)
+    ckpt["state_dict"] = {k: v + scale * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+                          for k, v in ckpt["state_dict"].items()}
+    ckpt["hyper_parameters"].update(changes)
+    path = tmp_path / "guide.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+def _tiny_model(**kwargs) -> DDPMModule:
+    from conftest import ROOT
+
+    return DDPMModule.load_from_checkpoint(ROOT / "tests" / "data" / "tiny_ddpm_400494a.ckpt", map_location="cpu",
+                                           weights_only=True, **kwargs).eval()
+
+
+def test_autoguidance_is_the_cfg_form_with_the_guide_in_place_of_the_unconditional_branch(tmp_path):
+    from diffusion.guidance import autoguidance
+
+    good, bad = torch.randn(4, 3), torch.randn(4, 3)
+    assert torch.allclose(autoguidance(good, bad, 1.5), 2.5 * good - 1.5 * bad) and torch.equal(autoguidance(good, bad, 0), good)
+    path = _guide_file(tmp_path)
+    m = _tiny_model(guide_checkpoint=str(path))
+    guide = _tiny_model()
+    guide.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    x, t, y = torch.randn(3, 1, 16, 16), torch.tensor([3, 20, 40]), torch.tensor([0, 4, 9])
+    with torch.no_grad():
+        expected = 2.5 * m(x, t, y) - 1.5 * guide(x, t, y)
+        assert torch.allclose(m.guided_prediction(x, t, y, 1.5), expected, atol=1e-5)
+        assert not torch.allclose(expected, 2.5 * m(x, t, y) - 1.5 * m(x, t, torch.full_like(y, -1)), atol=1e-3)
+        assert torch.equal(m.guided_prediction(x, t, y, 0.0), m(x, t, y))
+
+
+def test_a_model_guided_by_itself_is_the_conditional_model_and_the_guide_is_not_in_its_state(tmp_path):
+    """(1 + w)·D − w·D = D: guiding by an identical copy changes nothing (to rounding); the guide stays out of the
+    state_dict and parameters, so checkpoints and optimizers never see it."""
+    from conftest import ROOT
+
+    from diffusion import DDPMSampler
+    from lightning_modules.contract import Sampling
+    from metrics.provenance import sha256_of
+
+    same = str(ROOT / "tests" / "data" / "tiny_ddpm_400494a.ckpt")
+    m, plain = _tiny_model(guide_checkpoint=same), _tiny_model()
+    assert m.state_dict().keys() == plain.state_dict().keys()
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in plain.parameters())
+    cfg = Sampling(DDPMSampler(10), 2.0, seed=5)
+    conditional = plain.generate(torch.arange(4), torch.arange(4), sampling=Sampling(DDPMSampler(10), 0.0, seed=5))
+    assert torch.allclose(m.generate(torch.arange(4), torch.arange(4), sampling=cfg), conditional, atol=1e-4)
+    assert m.provenance()["guide"] == {"checkpoint": same, "sha256": sha256_of(same)}
+
+
+def test_autoguided_sampling_is_seeded_and_respects_the_interval(tmp_path):
+    from diffusion import DDPMSampler
+    from lightning_modules.contract import Sampling
+
+    m = _tiny_model(guide_checkpoint=str(_guide_file(tmp_path)))
+
+    def draw(w, interval=None):
+        m.guidance_interval = interval
+        return m.generate(torch.arange(4), torch.arange(4), sampling=Sampling(DDPMSampler(10), w, seed=5))
+
+    guided, conditional = draw(1.5), draw(0.0)
+    assert not torch.allclose(guided, conditional, atol=1e-3) and torch.equal(draw(1.5), guided)
+    assert torch.equal(draw(1.5, (1e8, 1e9)), conditional)  # no step inside the interval: no guide pass
+
+
+def test_an_unconditional_model_can_be_autoguided(tmp_path):
+    import copy
+
+    un = TinyUNet(channels=(8, 16), t_emb_dim=16, num_heads=2, num_classes=0)
+    with pytest.raises(ValueError, match="guide_checkpoint"):
+        DDPMModule(un, num_timesteps=50, beta_end=0.2, image_size=16, value_range=(-1.0, 1.0), guidance_scale=2.0)
+    guide_file = _guide_file(tmp_path)
+    ckpt = torch.load(guide_file, map_location="cpu", weights_only=True)
+    hp = copy.deepcopy(ckpt["hyper_parameters"])
+    hp["denoiser"]["init_args"]["num_classes"] = 0
+    guide_net = _perturbed(TinyUNet(channels=(8, 16), t_emb_dim=16, num_heads=2, num_classes=0))
+    ckpt["hyper_parameters"] = hp
+    ckpt["state_dict"] = {f"denoiser.{k}": v for k, v in guide_net.state_dict().items()}
+    torch.save(ckpt, guide_file)
+    m = DDPMModule(_perturbed(un), num_timesteps=50, beta_end=0.2, image_size=16, value_range=(-1.0, 1.0),
+                   guidance_scale=2.0, guide_checkpoint=str(guide_file)).eval()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([5, 30])
+    with torch.no_grad():
+        assert torch.allclose(m.guided_prediction(x, t, None, 2.0), 3 * m(x, t) - 2 * guide_net(x, t), atol=1e-5)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"num_timesteps": 40}, "noise process"),
+    ({"beta_end": 0.03}, "noise process"),
+    ({"prediction_type": "v_prediction"}, "prediction_type"),
+    ({"value_range": [0.0, 1.0]}, "value_range"),
+])
+def test_a_guide_from_other_data_or_another_process_is_refused(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        _tiny_model(guide_checkpoint=str(_guide_file(tmp_path, **change)))
+
+
+def test_a_missing_or_foreign_guide_checkpoint_names_the_config_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="guide_checkpoint"):
+        _tiny_model(guide_checkpoint=str(tmp_path / "nope.ckpt"))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="guide_checkpoint.*not a readable checkpoint"):
+        _tiny_model(guide_checkpoint=str(tmp_path / "junk.ckpt"))
