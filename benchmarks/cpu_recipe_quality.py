@@ -215,6 +215,7 @@ def main() -> None:
         load_weights(ckpt, model, row.weights)
         model.clip_denoised, model.dynamic_threshold, model.guidance_interval = row.clip, row.threshold, row.interval
         model.set_guide(args.guide if row.autoguide else None)
+        model.check_guide_data(dm)
         labels = index % model.num_classes
         cfg = Sampling(sampler=row.sampler, guidance_scale=row.w, seed=args.seed)
         model.check_sampling(cfg)
@@ -240,6 +241,7 @@ def main() -> None:
             grids.mkdir(parents=True, exist_ok=True)
             save_image(image_grid(samples[:100], model.value_range, nrow=10), grids / f"{row.tag}.png")
 
+    model.set_guide(None)  # the checkpoint's provenance below is the model's own; the guide is recorded beside it
     if args.out:
         out = Path(args.out)
         write_result(str(out), {

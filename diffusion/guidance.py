@@ -16,12 +16,8 @@ def classifier_free_guidance(cond: Tensor, uncond: Tensor, w: float | Tensor) ->
 
 
 def autoguidance(good: Tensor, bad: Tensor, w: float | Tensor) -> Tensor:
-    """D̃ = (1 + w)·D₁(x, c) − w·D₀(x, c): extrapolate a model D₁ away from a weaker version of itself D₀ (less
-    trained and/or smaller, same data and conditioning; Karras et al. 2024, "Guiding a diffusion model with a bad
-    version of itself", §3, whose weight is our 1 + w). Both err the same way and D₀ more, so the difference points
-    at what D₁ learnt better; unlike guidance by the unconditional model it does not push samples towards a few
-    prototypes of the class. The same linear form as CFG: it holds for ε-, x̂_0- and v-outputs alike, since each
-    is an affine function of the others at fixed x_t and t."""
+    """D̃ = (1 + w)·D₁(x, c) − w·D₀(x, c): extrapolate away from a weaker version D₀ of the model (Karras et al. 2024,
+    §3; their weight is our 1 + w). The weights sum to 1, so it holds for ε-, x̂_0- and v-outputs alike."""
     return classifier_free_guidance(good, bad, w)
 
 

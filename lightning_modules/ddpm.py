@@ -79,13 +79,10 @@ class DDPMModule(GenerativeModule):
             (sigma_lo, sigma_hi] and use the conditional model elsewhere (Kynkäänniemi et al. 2024; their
             ImageNet choice is [0.28, 2.9]). Steps outside it cost one network pass instead of two. null guides
             at every step. A sampling choice, like ``guidance_scale``: resume-safe and saved in the hyperparameters.
-        guide_checkpoint: autoguidance (Karras et al. 2024): a checkpoint of a weaker DDPMModule on the same data
-            and noise process (this recipe saved early in its run, or a smaller network) whose prediction replaces
-            the unconditional branch: ε̃ = (1 + w)·ε(x, c) − w·ε_guide(x, c). ``guidance_scale`` and
-            ``guidance_interval`` apply unchanged, and it also guides unconditional models. A class-conditional
-            guide gets the labels; an unconditional one is plain CFG with a separate unconditional network. Loaded
-            frozen with its EMA weights and kept out of this module's state_dict (its path is in the
-            hyperparameters, its sha256 in the provenance); a sampling choice, resume-safe. null: CFG.
+        guide_checkpoint: autoguidance (Karras et al. 2024): a weaker DDPMModule checkpoint on the same data and
+            process (e.g. this recipe stopped early) whose prediction replaces the unconditional branch; it also
+            guides unconditional models and unlabelled samples. Frozen, EMA weights, outside the state_dict; a
+            sampling choice (resume-safe). A checkpoint saved with it loads elsewhere with ``guide_checkpoint=None``.
     """
 
     # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
@@ -158,11 +155,11 @@ class DDPMModule(GenerativeModule):
 
         The guide is held outside the module tree, so it never enters this module's checkpoints, optimizer or EMA.
         """
-        self.guide_checkpoint, self.guide_sha256 = path, None
+        self.guide_checkpoint, self.guide_sha256, self.guide_data = path, None, None
         self.__dict__["_guide"] = None
         if path is None:
             return
-        ckpt_path, _ = read_checkpoint(
+        ckpt_path, ckpt = read_checkpoint(
             path, config_key="guide_checkpoint", expect_class="DDPMModule", expect_prefix="denoiser.",
             how_to_make="Use a DDPMModule checkpoint trained on the same data and noise process, e.g. this recipe "
                         "stopped early: python cli.py fit --config sweeps/ddpm_mnist_cpu.yaml --trainer.max_steps 450 "
@@ -178,7 +175,14 @@ class DDPMModule(GenerativeModule):
             raise ValueError(f"guide_checkpoint {str(ckpt_path)!r} does not match this model ({'; '.join(mismatches)}): "
                              "the guide must be trained on the same data, noise process and parameterisation.")
         self.guide_sha256 = sha256_of(ckpt_path)
+        self.guide_data = (ckpt.get("datamodule_hyper_parameters") or {}).get("_class_path")
         self.__dict__["_guide"] = guide.eval().requires_grad_(False)
+
+    def check_guide_data(self, datamodule: Any) -> None:
+        """Refuse a guide trained on another data set: its checkpoint names its data module."""
+        if self.guide_data and datamodule is not None and self.guide_data.rsplit(".", 1)[-1] != type(datamodule).__name__:
+            raise ValueError(f"guide_checkpoint {self.guide_checkpoint!r} was trained on {self.guide_data}, but this run "
+                             f"uses {type(datamodule).__name__}; train the guide on the same data.")
 
     @property
     def can_guide(self) -> bool:
@@ -186,7 +190,7 @@ class DDPMModule(GenerativeModule):
         return bool(self.num_classes) or self._guide is not None
 
     def _guide_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, **kwargs: Any) -> Tensor:
-        guide: DDPMModule = self._guide.to(device=x.device)
+        guide: DDPMModule = self._guide.to(device=x.device, dtype=x.dtype)
         return guide(x, t, labels if guide.num_classes else None, **kwargs)
 
     # ---- model -------------------------------------------------------------------------------------
@@ -379,7 +383,9 @@ class DDPMModule(GenerativeModule):
     # ---- Lightning plumbing ------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        check_matches_data(self.image_shape, self.value_range, getattr(self.trainer, "datamodule", None), self.num_classes)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        check_matches_data(self.image_shape, self.value_range, datamodule, self.num_classes)
+        self.check_guide_data(datamodule)
 
     def configure_optimizers(self) -> Any:
         return configure_with_schedule(self, self.optimizer_factory(self.denoiser.parameters()), self.lr_schedule)

@@ -250,6 +250,10 @@ def test_an_unconditional_model_can_be_autoguided(tmp_path):
     x, t = torch.randn(2, 1, 16, 16), torch.tensor([5, 30])
     with torch.no_grad():
         assert torch.allclose(m.guided_prediction(x, t, None, 2.0), 3 * m(x, t) - 2 * guide_net(x, t), atol=1e-5)
+        # a class-conditional model guided by an unconditional network: the guide gets no labels
+        cond = _tiny_model(guide_checkpoint=str(guide_file))
+        y = torch.tensor([3, 7])
+        assert torch.allclose(cond.guided_prediction(x, t, y, 1.5), 2.5 * cond(x, t, y) - 1.5 * guide_net(x, t), atol=1e-5)
 
 
 @pytest.mark.parametrize("change,message", [
@@ -261,6 +265,14 @@ def test_an_unconditional_model_can_be_autoguided(tmp_path):
 def test_a_guide_from_other_data_or_another_process_is_refused(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         _tiny_model(guide_checkpoint=str(_guide_file(tmp_path, **change)))
+
+
+def test_a_guide_trained_on_another_data_set_is_refused_at_setup(tmp_path):
+    m = _tiny_model(guide_checkpoint=str(_guide_file(tmp_path)))
+    assert m.guide_data == "datamodules.SyntheticDataModule"
+    m.check_guide_data(type("SyntheticDataModule", (), {})())
+    with pytest.raises(ValueError, match="trained on datamodules.SyntheticDataModule.*FashionMNISTDataModule"):
+        m.check_guide_data(type("FashionMNISTDataModule", (), {})())
 
 
 def test_a_missing_or_foreign_guide_checkpoint_names_the_config_key(tmp_path):
