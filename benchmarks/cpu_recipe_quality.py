@@ -214,8 +214,10 @@ def main() -> None:
             raise SystemExit(f"row {row.tag} needs --guide: a weaker DDPMModule checkpoint on the same data.")
         load_weights(ckpt, model, row.weights)
         model.clip_denoised, model.dynamic_threshold, model.guidance_interval = row.clip, row.threshold, row.interval
-        model.set_guide(args.guide if row.autoguide else None)
-        model.check_guide_data(dm)
+        guide = args.guide if row.autoguide else None
+        if guide != model.guide_checkpoint:  # load (and check) a guide once, not per row
+            model.set_guide(guide)
+            model.check_guide_data(dm)
         labels = index % model.num_classes
         cfg = Sampling(sampler=row.sampler, guidance_scale=row.w, seed=args.seed)
         model.check_sampling(cfg)
