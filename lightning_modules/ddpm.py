@@ -10,7 +10,7 @@ the closure ``denoise(x, t)`` (labels, guidance, conditions, x̂_0 clipping) and
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,8 @@ class DDPMModule(GenerativeModule):
 
     # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
     # predict/test on a checkpoint may change them
+    autoguidance: ClassVar[bool] = True  # a plain DDPMModule guide can stand in for its unconditional branch
+
     resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting",
                         "guidance_scale", "guidance_interval", "guide_checkpoint")
 
@@ -147,6 +149,7 @@ class DDPMModule(GenerativeModule):
         self.guidance_scale = guidance_scale
         self.guidance_interval = check_guidance_interval(guidance_interval)
         self.last_nfe: int | None = None  # network evaluations per sample of the last generate()
+        self.trained_guide: dict[str, Any] | None = None  # the guide a loaded checkpoint recorded (on_load_checkpoint)
 
     # ---- autoguidance ------------------------------------------------------------------------------
 
@@ -154,17 +157,21 @@ class DDPMModule(GenerativeModule):
         """Load ``path`` as the frozen guiding model of autoguidance (None: guide by the unconditional branch).
 
         The guide is held outside the module tree, so it never enters this module's checkpoints, optimizer or EMA.
+        Loading it leaves the global RNG as it was, so a guide set mid-run (``callbacks.GuideSnapshot``) does not
+        change the training that follows.
         """
-        self.guide_checkpoint, self.guide_sha256, self.guide_data = path, None, None
+        self.guide_checkpoint, self.guide_sha256, self.guide_data, self.guide_iterations = path, None, None, None
         self.__dict__["_guide"] = None
         if path is None:
             return
         ckpt_path, ckpt = read_checkpoint(
             path, config_key="guide_checkpoint", expect_class="DDPMModule", expect_prefix="denoiser.",
-            how_to_make="Use a DDPMModule checkpoint trained on the same data and noise process, e.g. this recipe "
-                        "stopped early: python cli.py fit --config sweeps/ddpm_mnist_cpu.yaml --trainer.max_steps 450 "
-                        "--run_name guide, then --model.init_args.guide_checkpoint runs/guide/checkpoints/last.ckpt.")
-        guide = DDPMModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True, guide_checkpoint=None)
+            how_to_make="Use a DDPMModule checkpoint trained on the same data and noise process, e.g. the "
+                        "guide.ckpt that callbacks.GuideSnapshot writes a quarter into the CPU recipes' runs "
+                        "(runs/ddpm_mnist_cpu/checkpoints/guide.ckpt).")
+        with torch.random.fork_rng(devices=[]):  # building the guide draws initial weights; training's RNG stays put
+            guide = DDPMModule.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True,
+                                                    guide_checkpoint=None)
         mismatches = [f"{name}: guide {theirs} vs model {ours}" for name, theirs, ours in (
             ("noise process", _describe(guide.process), _describe(self.process)),
             ("prediction_type", guide.prediction_type, self.prediction_type),
@@ -176,6 +183,7 @@ class DDPMModule(GenerativeModule):
                              "the guide must be trained on the same data, noise process and parameterisation.")
         self.guide_sha256 = sha256_of(ckpt_path)
         self.guide_data = (ckpt.get("datamodule_hyper_parameters") or {}).get("_class_path")
+        self.guide_iterations = int(ckpt.get("genlab_iterations", ckpt.get("global_step", 0)))
         self.__dict__["_guide"] = guide.eval().requires_grad_(False)
 
     def check_guide_data(self, datamodule: Any) -> None:
@@ -192,6 +200,16 @@ class DDPMModule(GenerativeModule):
     def _guide_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, **kwargs: Any) -> Tensor:
         guide: DDPMModule = self._guide.to(device=x.device, dtype=x.dtype)
         return guide(x, t, labels if guide.num_classes else None, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Besides the contract's counter, record which guide sampled this model, so a later run can check it."""
+        super().on_save_checkpoint(checkpoint)
+        if self.guide_checkpoint is not None:
+            checkpoint["genlab_guide"] = {"sha256": self.guide_sha256, "iterations": self.guide_iterations}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.trained_guide = checkpoint.get("genlab_guide")
 
     # ---- model -------------------------------------------------------------------------------------
 

@@ -57,9 +57,6 @@ class DiffuseVAEModule(ReconstructionEvaluation, DDPMModule):
         report_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if kwargs.get("guide_checkpoint"):
-            raise ValueError("guide_checkpoint (autoguidance) takes a plain DDPMModule guide, which cannot read DiffuseVAE's "
-                             "VAE condition; leave it null for DiffuseVAEModule.")
         super().__init__(denoiser=denoiser, **kwargs)
         save_config_hparams(self, objects=("denoiser", "optimizer"))
         if getattr(denoiser, "cond_channels", 0) != self.image_shape[0]:
@@ -77,6 +74,16 @@ class DiffuseVAEModule(ReconstructionEvaluation, DDPMModule):
         self.cond_from_mean = cond_from_mean
         self.generation_mode = generation_mode
         self.lpips_weights, self.report_dir = lpips_weights, report_dir
+
+    autoguidance = False
+
+    def set_guide(self, path: str | None) -> None:
+        """Autoguidance is refused: a plain DDPMModule guide cannot read the VAE condition."""
+        if path is not None:
+            raise ValueError("guide_checkpoint (autoguidance, also set by callbacks.GuideSnapshot) takes a plain "
+                             "DDPMModule guide, which cannot read DiffuseVAE's VAE condition; leave it null and remove "
+                             "GuideSnapshot for DiffuseVAEModule.")
+        super().set_guide(None)
 
     def train(self, mode: bool = True) -> "DiffuseVAEModule":
         super().train(mode)
