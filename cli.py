@@ -280,18 +280,21 @@ def link_data_facts(config: Namespace) -> None:
 
 
 def link_guidance(config: Namespace) -> None:
-    """A config's ``sampling.guidance_scale`` is also its model's default guidance (``guidance_scale``), so the
-    sample grid and metrics during ``fit`` and the checkpoint's hyperparameters use the weight the config states.
-    It wins over a model value (a run's saved config.yaml holds both, and ``--sampling.guidance_scale`` on it is
-    the newer choice); the replacement is printed."""
+    """A config's ``sampling.guidance_scale`` and ``sampling.autoguide`` are also its model's defaults (the arguments of
+    the same names), so the sample grid and metrics during ``fit`` and the checkpoint's hyperparameters use what the
+    config states. They win over a model value (a run's saved config.yaml holds both, and ``--sampling.*`` on it is
+    the newer choice); a replacement is printed."""
     sampling, model = config.get("sampling"), config.get("model")
-    w = sampling.get("guidance_scale") if isinstance(sampling, Namespace) else None
     init = model.get("init_args") if isinstance(model, Namespace) else None
-    if w is None or not isinstance(init, Namespace) or "guidance_scale" not in init:
+    if not isinstance(sampling, Namespace) or not isinstance(init, Namespace):
         return
-    if init.guidance_scale is not None and float(init.guidance_scale) != float(w):
-        rank_zero_info(f"model.init_args.guidance_scale {init.guidance_scale} replaced by sampling.guidance_scale {w}.")
-    init.guidance_scale = w
+    for key in ("guidance_scale", "autoguide"):
+        value = sampling.get(key)
+        if value is None or key not in init:
+            continue
+        if init.get(key) is not None and init.get(key) != value:
+            rank_zero_info(f"model.init_args.{key} {init.get(key)} replaced by sampling.{key} {value}.")
+        init[key] = value
 
 
 def check_ckpt_path(ckpt_path: str | None) -> None:

@@ -67,7 +67,7 @@ class GuideSnapshot(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Refuse what cannot work before any training: the wrong module, a late EMA, no step."""
-        if not isinstance(pl_module, DDPMModule) or not pl_module.autoguidance:
+        if not isinstance(pl_module, DDPMModule) or not pl_module.accepts_guide:
             raise TypeError(f"GuideSnapshot guides a plain DDPMModule, got {type(pl_module).__name__}, which cannot be "
                             "guided by one; remove GuideSnapshot from this config.")
         if not pl_module.num_classes and not pl_module.guidance_scale:

@@ -51,6 +51,9 @@ class Sampling:
         labels: classes to draw for class-conditional models, cycled over the samples (sample i gets
             labels[i % len(labels)]); null uses i mod num_classes.
         generation_mode: DiffuseVAE only: ``prior`` or ``reconstruction``; null keeps the model's setting.
+        autoguide: DDPM only: guide by the loaded guide model (``guide_checkpoint`` or ``callbacks.GuideSnapshot``)
+            instead of the unconditional branch (true), or keep classifier-free guidance (false); null takes the
+            model's ``autoguide``.
     """
 
     sampler: Optional[Sampler] = None
@@ -58,6 +61,7 @@ class Sampling:
     seed: int = 0
     labels: Optional[list[int]] = None
     generation_mode: Optional[Literal["prior", "reconstruction"]] = None
+    autoguide: Optional[bool] = None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready record of every setting, the sampler's class and arguments included."""

@@ -10,6 +10,7 @@ the closure ``denoise(x, t)`` (labels, guidance, conditions, x̂_0 clipping) and
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any, ClassVar, Literal, Optional
 
 import torch
@@ -83,14 +84,17 @@ class DDPMModule(GenerativeModule):
             process (e.g. this recipe stopped early) whose prediction replaces the unconditional branch; it also
             guides unconditional models and unlabelled samples. Frozen, EMA weights, outside the state_dict; a
             sampling choice (resume-safe). A checkpoint saved with it loads elsewhere with ``guide_checkpoint=None``.
+        autoguide: sample with the loaded guide (``guide_checkpoint``, or the snapshot ``callbacks.GuideSnapshot``
+            takes) in place of the unconditional branch; false keeps classifier-free guidance even when a guide is
+            loaded. A config's ``sampling.autoguide`` sets it, as ``sampling.guidance_scale`` sets ``guidance_scale``.
     """
 
     # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
     # predict/test on a checkpoint may change them
-    autoguidance: ClassVar[bool] = True  # a plain DDPMModule guide can stand in for its unconditional branch
+    accepts_guide: ClassVar[bool] = True  # a plain DDPMModule guide can stand in for its unconditional branch
 
     resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting",
-                        "guidance_scale", "guidance_interval", "guide_checkpoint")
+                        "guidance_scale", "guidance_interval", "guide_checkpoint", "autoguide")
 
     def __init__(
         self,
@@ -115,6 +119,7 @@ class DDPMModule(GenerativeModule):
         guidance_scale: Optional[float] = None,
         guidance_interval: Optional[tuple[float, float]] = None,
         guide_checkpoint: Optional[str] = None,
+        autoguide: bool = True,
     ) -> None:
         super().__init__()
         save_config_hparams(self, objects=("denoiser", "optimizer", "process", "loss_weighting"))
@@ -147,6 +152,7 @@ class DDPMModule(GenerativeModule):
             raise ValueError(f"guidance_scale={guidance_scale}: it must be >= 0, and 0 or null for an unconditional "
                              f"denoiser (num_classes={self.num_classes}) without a guide_checkpoint.")
         self.guidance_scale = guidance_scale
+        self.autoguide = autoguide
         self.guidance_interval = check_guidance_interval(guidance_interval)
         self.last_nfe: int | None = None  # network evaluations per sample of the last generate()
         self.trained_guide: dict[str, Any] | None = None  # the guide a loaded checkpoint recorded (on_load_checkpoint)
@@ -273,13 +279,15 @@ class DDPMModule(GenerativeModule):
 
     # ---- sampling ----------------------------------------------------------------------------------
 
-    def guided_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float, **kwargs: Any) -> Tensor:
+    def guided_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float,
+                          autoguide: bool | None = None, **kwargs: Any) -> Tensor:
         """Network output at network time ``t`` with guidance: classifier-free, whose two branches run in one batched
-        forward pass, or autoguidance by ``guide_checkpoint``. With ``guidance_interval``, steps outside it run the
-        conditional branch alone."""
+        forward pass, or autoguidance by the loaded guide when ``autoguide`` (None: the model's ``autoguide``). With
+        ``guidance_interval``, steps outside it run the conditional branch alone."""
         if not self.num_classes:
             labels = None
-        if labels is None and self._guide is None:
+        guide = self._guide if (self.autoguide if autoguide is None else autoguide) else None
+        if labels is None and guide is None:
             return self(x, t, None, **kwargs)
         w: float | Tensor = guidance_scale
         if guidance_scale and self.guidance_interval is not None:
@@ -290,7 +298,7 @@ class DDPMModule(GenerativeModule):
             w = w.view(-1, *([1] * (x.ndim - 1)))
         if not isinstance(w, Tensor) and w == 0:
             return self(x, t, labels, **kwargs)
-        if self._guide is not None:
+        if guide is not None:
             return autoguidance(self(x, t, labels, **kwargs), self._guide_prediction(x, t, labels, **kwargs), w)
         both = self(
             torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, -1)]),
@@ -299,11 +307,12 @@ class DDPMModule(GenerativeModule):
         cond, uncond = both.chunk(2)
         return classifier_free_guidance(cond, uncond, w)
 
-    def denoise_fn(self, labels: Tensor | None = None, guidance_scale: float = 0.0, **kwargs: Any) -> DenoiseFn:
+    def denoise_fn(self, labels: Tensor | None = None, guidance_scale: float = 0.0, autoguide: bool | None = None,
+                   **kwargs: Any) -> DenoiseFn:
         """The closure a sampler calls: labels, guidance, conditions and x̂_0 clipping are bound here."""
         if labels is not None:
             labels = labels.to(self.device)
-        return DenoiseFn(lambda x, t: self.guided_prediction(x, t, labels, guidance_scale, **kwargs), self.process,
+        return DenoiseFn(lambda x, t: self.guided_prediction(x, t, labels, guidance_scale, autoguide, **kwargs), self.process,
                          self.prediction_type, self.value_range if self.clip_denoised else None,  # type: ignore[arg-type]
                          self.dynamic_threshold)
 
@@ -317,6 +326,7 @@ class DDPMModule(GenerativeModule):
         labels: Tensor | None = None,
         x_T: Tensor | None = None,
         hooks: tuple[Hook, ...] = (),
+        autoguide: bool | None = None,
         **kwargs: Any,
     ) -> SampleOutput:
         """Draw ``n`` images with ``sampler``, starting from x_T ~ prior; returns the samples in
@@ -330,10 +340,12 @@ class DDPMModule(GenerativeModule):
             labels: class labels (n,) for class-conditional sampling; −1 is unconditional.
             x_T: optional starting noise.
             hooks: per-step hooks (``diffusion.Inpaint``, ``diffusion.Trajectory``, ...).
+            autoguide: guide by the loaded guide model, when there is one, instead of the unconditional branch
+                (None: the model's ``autoguide``).
             kwargs: passed to the denoiser (e.g. ``cond`` images).
         """
         x = x_T if x_T is not None else self.process.prior_sample((n, *self.image_shape), generator, self.device)
-        out = sampler.sample(self.denoise_fn(labels, guidance_scale, **kwargs), x, generator, hooks)
+        out = sampler.sample(self.denoise_fn(labels, guidance_scale, autoguide, **kwargs), x, generator, hooks)
         return SampleOutput(out.x.clamp(*self.value_range), out.nfe)
 
     def generate(self, indices: Tensor, labels: Tensor | None = None, cond: Tensor | None = None,
@@ -347,7 +359,8 @@ class DDPMModule(GenerativeModule):
             kwargs["cond"] = cond
         if self.show_progress and "hooks" not in kwargs:
             kwargs["hooks"] = (Progress(f"sampling {len(indices)} images"),)
-        out = self.sample(len(indices), sampling.sampler, sampling.guidance_scale, gens, labels, **kwargs)
+        out = self.sample(len(indices), sampling.sampler, sampling.guidance_scale, gens, labels,
+                          autoguide=bool(sampling.autoguide), **kwargs)
         self.last_nfe = out.nfe
         return out.x
 
@@ -373,6 +386,12 @@ class DDPMModule(GenerativeModule):
             return DDPMSampler(min(100, self.process.num_timesteps))
         return PredictorCorrector(1000)
 
+    def resolve_sampling(self, sampling: Sampling, check: bool = True) -> Sampling:
+        """The contract's defaults, plus ``autoguide`` from the model when the sampling settings leave it unset."""
+        if sampling.autoguide is None:
+            sampling = replace(sampling, autoguide=self.autoguide)
+        return super().resolve_sampling(sampling, check)
+
     def check_sampling(self, sampling: Sampling) -> None:
         (sampling.sampler or self.default_sampler).check(self.process)
         if sampling.guidance_scale and not self.can_guide:
@@ -395,7 +414,8 @@ class DDPMModule(GenerativeModule):
                 "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type,
                 "clip_denoised": self.clip_denoised, "dynamic_threshold": self.dynamic_threshold,
                 "guidance_interval": self.guidance_interval,
-                "guide": {"checkpoint": self.guide_checkpoint, "sha256": self.guide_sha256} if self.guide_checkpoint else None,
+                "guide": {"checkpoint": self.guide_checkpoint, "sha256": self.guide_sha256}
+                if self.guide_checkpoint and sampling.autoguide else None,
                 "loss_weighting": repr(self.loss_weighting) if self.loss_weighting is not None else None}
 
     # ---- Lightning plumbing ------------------------------------------------------------------------

@@ -75,7 +75,7 @@ class DiffuseVAEModule(ReconstructionEvaluation, DDPMModule):
         self.generation_mode = generation_mode
         self.lpips_weights, self.report_dir = lpips_weights, report_dir
 
-    autoguidance = False
+    accepts_guide = False
 
     def set_guide(self, path: str | None) -> None:
         """Autoguidance is refused: a plain DDPMModule guide cannot read the VAE condition."""

@@ -38,6 +38,14 @@ def _sampler(config: dict) -> Sampler:
     return DDPMSampler(config["steps"], variance=config.get("variance", "beta_tilde"), spacing=config.get("spacing", "leading"))
 
 
+def same_samples(new, stored) -> bool:
+    """Equal to the stored samples up to float rounding. On the CPU that recorded them they are bit-identical; other
+    instruction sets (AVX2 vs AVX-512 kernels) round convolutions differently, by up to ~2e-5 after a full sampling
+    loop, while any change to a sampler's maths moves samples by more than 1e-2."""
+    diff = (torch.as_tensor(new) - torch.as_tensor(stored)).abs().max().item()
+    return diff <= 1e-4
+
+
 @pytest.fixture
 def two_threads():
     """The stored samples were recorded with 2 intra-op threads; a convolution's reduction order, and so its last
@@ -48,7 +56,7 @@ def two_threads():
     torch.set_num_threads(threads)
 
 
-def test_ddpm_and_ddim_samples_are_bit_identical_to_the_old_code(two_threads):
+def test_ddpm_and_ddim_samples_equal_those_of_the_old_code(two_threads):
     """Samples saved by the pre-redesign code (15 cases: ε/x0/v, DDPM/DDIM, spacings, η, guidance)."""
     _compare_with_old_samples(torch.load(DATA / "sampler_parity_400494a.pt", weights_only=True))
 
@@ -61,7 +69,7 @@ def _compare_with_old_samples(ref: dict) -> None:
         cfg = case["config"]
         sampling = Sampling(sampler=_sampler(cfg), guidance_scale=cfg.get("guidance_scale", 0.0), seed=11)
         out = module.generate(torch.arange(5), torch.arange(5) % 10, sampling=sampling)
-        assert torch.equal(out, case["samples"]), (case["prediction_type"], cfg)
+        assert same_samples(out, case["samples"]), (case["prediction_type"], cfg)
 
 
 def test_an_old_checkpoint_loads_and_predicts_the_same_samples(two_threads):
@@ -71,7 +79,7 @@ def test_an_old_checkpoint_loads_and_predicts_the_same_samples(two_threads):
                   "--predict_dir", "pred")
     assert cli.model.weights_are_ema
     new = np.load("pred/samples_rank0.npz")["samples"]
-    assert np.array_equal(new, np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
+    assert same_samples(new, np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
 
 
 def test_predict_may_change_the_x0_clipping_of_a_checkpoint():
@@ -82,7 +90,7 @@ def test_predict_may_change_the_x0_clipping_of_a_checkpoint():
                   "--model.init_args.dynamic_threshold", "0.9", "--predict_dir", "pred")
     assert cli.model.dynamic_threshold == 0.9 and cli.model.clip_denoised
     new = np.load("pred/samples_rank0.npz")["samples"]
-    assert not np.array_equal(new, np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
+    assert not same_samples(new, np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
     cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
                   "--sampling.sampler.steps", "5", "--model.init_args.clip_denoised", "false", "--predict_dir", "pred2")
     assert cli.model.clip_denoised is False
@@ -94,8 +102,8 @@ def test_the_models_guidance_scale_is_the_default_that_sampling_falls_back_to(tw
                   "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.seed", "3",
                   "--model.init_args.guidance_scale", "1.5", "--predict_dir", "pred")
     assert cli.model.sampling.guidance_scale == 1.5
-    assert np.array_equal(np.load("pred/samples_rank0.npz")["samples"],
-                          np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
+    assert same_samples(np.load("pred/samples_rank0.npz")["samples"],
+                        np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"])
     module = _old_module("epsilon")
     assert module.default_guidance == 1.0  # unset: 1 for a class-conditional model
     assert DDPMModule(module.denoiser, guidance_scale=0.0, image_size=16).resolve_sampling(Sampling()).guidance_scale == 0.0
@@ -107,7 +115,7 @@ def test_the_models_guidance_scale_is_the_default_that_sampling_falls_back_to(tw
 
 
 def test_predict_takes_a_guidance_interval_for_an_old_checkpoint(two_threads):
-    """An interval that holds every step reproduces the stored fully guided samples bit for bit; the interval is
+    """An interval that holds every step reproduces the stored fully guided samples; the interval is
     kept in the hyperparameters and the provenance."""
     cli = run_cli("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
                   "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.seed", "3",
@@ -116,14 +124,14 @@ def test_predict_takes_a_guidance_interval_for_an_old_checkpoint(two_threads):
     assert cli.model.guidance_interval == (0.0, 1e9) and tuple(cli.model.hparams.guidance_interval) == (0.0, 1e9)
     assert cli.model.provenance()["guidance_interval"] == (0.0, 1e9)
     stored = np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"]
-    assert np.array_equal(np.load("pred/samples_rank0.npz")["samples"], stored)
+    assert same_samples(np.load("pred/samples_rank0.npz")["samples"], stored)
     common = ("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
               "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.seed", "3")
     run_cli(*common, "--sampling.guidance_scale", "1.5", "--model.init_args.guidance_interval", "[1e8, 1e9]",
             "--predict_dir", "never")  # an interval no step reaches: the conditional model
     run_cli(*common, "--sampling.guidance_scale", "0", "--predict_dir", "w0")
     never = np.load("never/samples_rank0.npz")["samples"]
-    assert np.array_equal(never, np.load("w0/samples_rank0.npz")["samples"]) and not np.array_equal(never, stored)
+    assert np.array_equal(never, np.load("w0/samples_rank0.npz")["samples"]) and not same_samples(never, stored)
 
 
 def test_predict_takes_a_guide_checkpoint_for_an_old_checkpoint():

@@ -6,6 +6,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -77,10 +78,15 @@ def test_predict_uses_the_snapshot_beside_the_checkpoint_and_says_when_there_is_
     cli = run_cli(*common, "--model.init_args.guide_checkpoint", "other.ckpt", "--predict_dir", "explicit")
     assert cli.model.guide_checkpoint == "other.ckpt"  # a guide named in the config wins over the snapshot
 
+    cli = run_cli(*common, "--sampling.autoguide", "false", "--predict_dir", "cfg")
+    assert cli.model._guide is not None and cli.model.provenance()["guide"] is None  # loaded, not used
+
     shutil.move("moved/guide.ckpt", "elsewhere.ckpt")
     with pytest.warns(UserWarning, match="no guide snapshot at moved/guide.ckpt"):
         cli = run_cli(*common, "--predict_dir", "none")
     assert cli.model.provenance()["guide"] is None
+    samples = {d: np.load(f"{d}/samples_rank0.npz")["samples"] for d in ("pred", "cfg", "none")}
+    assert np.array_equal(samples["cfg"], samples["none"]) and not np.allclose(samples["pred"], samples["none"], atol=1e-3)
 
 
 def test_a_guide_that_is_not_older_or_not_the_recorded_one_is_not_used():
@@ -133,14 +139,32 @@ def test_modules_the_snapshot_cannot_guide_are_refused_before_training():
     from lightning_modules import DDPMModule, DiffuseVAEModule
     from networks import TinyUNet
 
-    assert DDPMModule.autoguidance and not DiffuseVAEModule.autoguidance
-    no_guide = type("NoGuide", (DDPMModule,), {"autoguidance": False})
+    assert DDPMModule.accepts_guide and not DiffuseVAEModule.accepts_guide
+    no_guide = type("NoGuide", (DDPMModule,), {"accepts_guide": False})
     net = TinyUNet(channels=(8, 16), t_emb_dim=16, num_heads=2, num_classes=10)
     with pytest.raises(TypeError, match="cannot be guided"):
         GuideSnapshot().setup(None, no_guide(net, image_size=16), "fit")
     unconditional = DDPMModule(TinyUNet(channels=(8, 16), t_emb_dim=16, num_heads=2, num_classes=0), image_size=16)
     with pytest.raises(ValueError, match="unconditional model would never be used"):
         GuideSnapshot().setup(None, unconditional, "fit")
+
+
+def test_a_config_can_keep_classifier_free_guidance_while_the_snapshot_is_taken():
+    """``sampling.autoguide: false`` is linked into the model: the run still saves and loads its snapshot, and samples
+    with the unconditional branch; the prediction with autoguide off is exactly the CFG formula."""
+    config = yaml.safe_load(open(_overlay("snap.yaml", {"at_step": 2}, "run/checkpoints")))
+    config["sampling"] = {"autoguide": False}
+    with open("cfg.yaml", "w") as f:
+        yaml.safe_dump(config, f)
+    cli = run_cli("fit", "--config", "cfg.yaml")
+    model = cli.model.eval()
+    assert model.autoguide is False and model.hparams.autoguide is False and model._guide is not None
+    assert model.provenance()["guide"] is None and Path("run/checkpoints/guide.ckpt").is_file()
+    x, t, y = torch.randn(3, 1, 16, 16), torch.tensor([3, 20, 40]), torch.tensor([0, 4, 9])
+    with torch.no_grad():
+        cfg = 2.5 * model(x, t, y) - 1.5 * model(x, t, torch.full_like(y, -1))
+        assert torch.allclose(model.guided_prediction(x, t, y, 1.5), cfg, atol=1e-5)
+        assert not torch.allclose(model.guided_prediction(x, t, y, 1.5, autoguide=True), cfg, atol=1e-4)
 
 
 def test_loading_a_guide_leaves_the_random_state_alone():
