@@ -89,10 +89,10 @@ class DDPMModule(GenerativeModule):
             loaded. A config's ``sampling.autoguide`` sets it, as ``sampling.guidance_scale`` sets ``guidance_scale``.
     """
 
-    # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
-    # predict/test on a checkpoint may change them
     accepts_guide: ClassVar[bool] = True  # a plain DDPMModule guide can stand in for its unconditional branch
 
+    # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
+    # predict/test on a checkpoint may change them
     resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting",
                         "guidance_scale", "guidance_interval", "guide_checkpoint", "autoguide")
 
@@ -147,12 +147,12 @@ class DDPMModule(GenerativeModule):
         self.clip_denoised = clip_denoised
         self.dynamic_threshold = dynamic_threshold
         self.num_classes = int(denoiser.num_classes)
+        self.autoguide = autoguide
         self.set_guide(guide_checkpoint)
         if guidance_scale is not None and (guidance_scale < 0 or (guidance_scale and not self.can_guide)):
             raise ValueError(f"guidance_scale={guidance_scale}: it must be >= 0, and 0 or null for an unconditional "
                              f"denoiser (num_classes={self.num_classes}) without a guide_checkpoint.")
         self.guidance_scale = guidance_scale
-        self.autoguide = autoguide
         self.guidance_interval = check_guidance_interval(guidance_interval)
         self.last_nfe: int | None = None  # network evaluations per sample of the last generate()
         self.trained_guide: dict[str, Any] | None = None  # the guide a loaded checkpoint recorded (on_load_checkpoint)
@@ -200,8 +200,8 @@ class DDPMModule(GenerativeModule):
 
     @property
     def can_guide(self) -> bool:
-        """Guidance has a second branch: the unconditional one of a class-conditional denoiser, or a guide model."""
-        return bool(self.num_classes) or self._guide is not None
+        """Guidance has a second branch: the unconditional one of a class-conditional denoiser, or a guide model in use."""
+        return bool(self.num_classes) or (self._guide is not None and self.autoguide)
 
     def _guide_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, **kwargs: Any) -> Tensor:
         guide: DDPMModule = self._guide.to(device=x.device, dtype=x.dtype)
