@@ -219,7 +219,7 @@ def main() -> None:
             model.set_guide(guide)
             model.check_guide_data(dm)
         labels = index % model.num_classes
-        cfg = Sampling(sampler=row.sampler, guidance_scale=row.w, seed=args.seed)
+        cfg = Sampling(sampler=row.sampler, guidance_scale=row.w, seed=args.seed, autoguide=row.autoguide)
         model.check_sampling(cfg)
         guided_by = f"_guide{model.guide_sha256[:12]}" if model.guide_sha256 else ""  # rows of two guides never share a file
         name = f"{row.tag}_n{n}_seed{args.seed}_{ckpt_sha[:16]}{guided_by}.pt"

@@ -114,8 +114,9 @@ class GuideSnapshot(Callback):
             return
         path = self.path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # the full save: EMA puts its average in state_dict
-        rank_zero_info(f"GuideSnapshot: saved the iteration-{pl_module.iterations} guide to {path}; sampling is "
-                       "autoguided from now on.")
+        rank_zero_info(f"GuideSnapshot: saved the iteration-{pl_module.iterations} guide to {path}; "
+                       + ("sampling is autoguided from now on." if pl_module.autoguide else
+                          "sampling keeps classifier-free guidance (autoguide: false)."))
         pl_module.set_guide(str(path))
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

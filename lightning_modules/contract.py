@@ -67,6 +67,8 @@ class Sampling:
         """A JSON-ready record of every setting, the sampler's class and arguments included."""
         out = asdict(self) if not isinstance(self.sampler, Sampler) else {
             **{k: v for k, v in self.__dict__.items() if k != "sampler"}, "sampler": self.sampler.describe()}
+        if out.get("autoguide") is None:  # unset (non-DDPM models): records from before the field stay comparable
+            out.pop("autoguide", None)
         return out
 
     def labels_for(self, indices: Tensor, num_classes: int) -> Tensor | None:

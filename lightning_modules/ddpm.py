@@ -394,7 +394,8 @@ class DDPMModule(GenerativeModule):
 
     def check_sampling(self, sampling: Sampling) -> None:
         (sampling.sampler or self.default_sampler).check(self.process)
-        if sampling.guidance_scale and not self.can_guide:
+        guided_by_model = self._guide is not None and (self.autoguide if sampling.autoguide is None else sampling.autoguide)
+        if sampling.guidance_scale and not (self.num_classes or guided_by_model):
             raise ValueError(f"guidance_scale={sampling.guidance_scale} but the denoiser is unconditional "
                              "(num_classes=0): classifier-free guidance needs a class-conditional model; set it to 0, "
                              "or guide by a weaker model with --model.init_args.guide_checkpoint.")

@@ -167,6 +167,32 @@ def test_a_config_can_keep_classifier_free_guidance_while_the_snapshot_is_taken(
         assert not torch.allclose(model.guided_prediction(x, t, y, 1.5, autoguide=True), cfg, atol=1e-4)
 
 
+def test_the_guidance_check_follows_the_sampling_choice_of_guide(tmp_path):
+    """An unconditional model with a guide can be guided only while the guide is used: ``sampling.autoguide`` decides,
+    not the model's default."""
+    from conftest import ROOT
+
+    from lightning_modules import DDPMModule
+    from lightning_modules.contract import Sampling
+    from networks import TinyUNet
+
+    guide = ROOT / "tests" / "data" / "tiny_ddpm_400494a.ckpt"
+    ckpt = torch.load(guide, map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["denoiser"]["init_args"]["num_classes"] = 0
+    net = TinyUNet(channels=(8, 16), t_emb_dim=16, num_heads=2, num_classes=0)
+    ckpt["state_dict"] = {f"denoiser.{k}": v for k, v in net.state_dict().items()}
+    torch.save(ckpt, tmp_path / "unconditional_guide.ckpt")
+    model = DDPMModule(TinyUNet(channels=(8, 16), t_emb_dim=16, num_heads=2, num_classes=0), num_timesteps=50,
+                       beta_end=0.2, image_size=16, value_range=(-1.0, 1.0),
+                       guide_checkpoint=str(tmp_path / "unconditional_guide.ckpt"), autoguide=False)
+    model.check_sampling(Sampling(guidance_scale=2.0, autoguide=True))
+    with pytest.raises(ValueError, match="unconditional"):
+        model.check_sampling(Sampling(guidance_scale=2.0, autoguide=False))
+    with pytest.raises(ValueError, match="unconditional"):
+        model.check_sampling(Sampling(guidance_scale=2.0))
+    assert "autoguide" not in Sampling().describe() and Sampling(autoguide=False).describe()["autoguide"] is False
+
+
 def test_loading_a_guide_leaves_the_random_state_alone():
     from conftest import ROOT
 
