@@ -156,4 +156,6 @@ class GuideSnapshot(Callback):
                            "guidance. Train with the callback past its step, or pass --model.init_args.guide_checkpoint.")
             return
         pl_module.set_guide(str(path))
-        rank_zero_info(f"GuideSnapshot: autoguidance by {path} (iteration {pl_module.guide_iterations}).")
+        rank_zero_info(f"GuideSnapshot: loaded {path} (iteration {pl_module.guide_iterations}); " + (
+            "sampling is autoguided by it." if pl_module.autoguide else
+            "sampling keeps classifier-free guidance (autoguide: false)."))
