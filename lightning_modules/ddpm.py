@@ -170,6 +170,10 @@ class DDPMModule(GenerativeModule):
         self.__dict__["_guide"] = None
         if path is None:
             return
+        if not self.accepts_guide:
+            raise ValueError(f"guide_checkpoint (autoguidance, also set by callbacks.GuideSnapshot) takes a plain "
+                             f"DDPMModule guide, which cannot read the extra conditions of {type(self).__name__}; leave "
+                             "it null and remove GuideSnapshot.")
         ckpt_path, ckpt = read_checkpoint(
             path, config_key="guide_checkpoint", expect_class="DDPMModule", expect_prefix="denoiser.",
             how_to_make="Use a DDPMModule checkpoint trained on the same data and noise process, e.g. the "
@@ -198,10 +202,14 @@ class DDPMModule(GenerativeModule):
             raise ValueError(f"guide_checkpoint {self.guide_checkpoint!r} was trained on {self.guide_data}, but this run "
                              f"uses {type(datamodule).__name__}; train the guide on the same data.")
 
+    def uses_guide(self, autoguide: bool | None = None) -> bool:
+        """Whether sampling runs the guide model: one is loaded and ``autoguide`` (None: the model's) asks for it."""
+        return self._guide is not None and (self.autoguide if autoguide is None else autoguide)
+
     @property
     def can_guide(self) -> bool:
         """Guidance has a second branch: the unconditional one of a class-conditional denoiser, or a guide model in use."""
-        return bool(self.num_classes) or (self._guide is not None and self.autoguide)
+        return bool(self.num_classes) or self.uses_guide()
 
     def _guide_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, **kwargs: Any) -> Tensor:
         guide: DDPMModule = self._guide.to(device=x.device, dtype=x.dtype)
@@ -286,7 +294,7 @@ class DDPMModule(GenerativeModule):
         ``guidance_interval``, steps outside it run the conditional branch alone."""
         if not self.num_classes:
             labels = None
-        guide = self._guide if (self.autoguide if autoguide is None else autoguide) else None
+        guide = self._guide if self.uses_guide(autoguide) else None
         if labels is None and guide is None:
             return self(x, t, None, **kwargs)
         w: float | Tensor = guidance_scale
@@ -394,8 +402,7 @@ class DDPMModule(GenerativeModule):
 
     def check_sampling(self, sampling: Sampling) -> None:
         (sampling.sampler or self.default_sampler).check(self.process)
-        guided_by_model = self._guide is not None and (self.autoguide if sampling.autoguide is None else sampling.autoguide)
-        if sampling.guidance_scale and not (self.num_classes or guided_by_model):
+        if sampling.guidance_scale and not (self.num_classes or self.uses_guide(sampling.autoguide)):
             raise ValueError(f"guidance_scale={sampling.guidance_scale} but the denoiser is unconditional "
                              "(num_classes=0): classifier-free guidance needs a class-conditional model; set it to 0, "
                              "or guide by a weaker model with --model.init_args.guide_checkpoint.")

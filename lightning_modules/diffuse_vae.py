@@ -75,15 +75,7 @@ class DiffuseVAEModule(ReconstructionEvaluation, DDPMModule):
         self.generation_mode = generation_mode
         self.lpips_weights, self.report_dir = lpips_weights, report_dir
 
-    accepts_guide = False
-
-    def set_guide(self, path: str | None) -> None:
-        """Autoguidance is refused: a plain DDPMModule guide cannot read the VAE condition."""
-        if path is not None:
-            raise ValueError("guide_checkpoint (autoguidance, also set by callbacks.GuideSnapshot) takes a plain "
-                             "DDPMModule guide, which cannot read DiffuseVAE's VAE condition; leave it null and remove "
-                             "GuideSnapshot for DiffuseVAEModule.")
-        super().set_guide(None)
+    accepts_guide = False  # a plain DDPMModule guide cannot read the VAE condition
 
     def train(self, mode: bool = True) -> "DiffuseVAEModule":
         super().train(mode)
