@@ -21,7 +21,9 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_modules.contract import GenerativeModule
 
@@ -125,9 +127,18 @@ class LastCheckpoint(Callback):
         if due or stop:
             self._save(trainer, n)
         if stop:
-            rank_zero_info(f"Stopped by a signal: saved {self.path(trainer)} at iteration {n}; resume with "
-                           f"--ckpt_path {self.path(trainer)}.")
+            self._report_stop(trainer, n)
             trainer.should_stop = True
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """A SIGTERM that lands after this callback's batch-end check reaches Lightning's own check first,
+        which stops the run with ``SIGTERMException`` between batches: save there, so the stop still loses nothing."""
+        if not (self.on_interrupt and isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING):
+            return
+        n = pl_module.iterations if isinstance(pl_module, GenerativeModule) else trainer.global_step
+        if not self.saved_at or self.saved_at[-1] != n:
+            self._save(trainer, n)
+        self._report_stop(trainer, n)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.fast_dev_run:
@@ -147,6 +158,10 @@ class LastCheckpoint(Callback):
             raise KeyboardInterrupt
         self._interrupted = True
         print("\nCtrl-C: finishing this batch, saving last.ckpt, then stopping (Ctrl-C again to abort now).", flush=True)
+
+    def _report_stop(self, trainer: Trainer, n: int) -> None:
+        rank_zero_info(f"Stopped by a signal: saved {self.path(trainer)} at iteration {n}; resume with "
+                       f"--ckpt_path {self.path(trainer)}.")
 
     def _save(self, trainer: Trainer, n: int) -> None:
         if trainer.fast_dev_run:

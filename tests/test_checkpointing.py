@@ -16,6 +16,7 @@ import torch
 import yaml
 from conftest import ROOT, TINY, run_cli_subprocess
 from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import Checkpoint
 
 from callbacks.checkpointing import AtomicCheckpointIO, LastCheckpoint
 from cli import cli_main
@@ -72,6 +73,29 @@ def test_last_checkpoint_on_a_time_cadence():
     cli_main(["fit", "--config", str(TINY), "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0"],
              trainer_defaults={"callbacks": [cadence]})
     assert cadence.saved_at == [1, 2, 3]
+
+
+class _SigtermAfterTheCheck(Checkpoint):
+    """The race a real SIGTERM can hit: the signal lands after LastCheckpoint's batch-end check
+    (cli.py orders Checkpoint callbacks after LastCheckpoint)."""
+
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.iterations == self.iteration:
+            trainer._signal_connector.received_sigterm = True
+
+
+def test_a_sigterm_after_the_batch_end_check_still_saves_the_interrupted_iteration(caplog):
+    caplog.set_level("INFO")
+    cadence = LastCheckpoint(dirpath="lc", every_n_steps=2, every_n_minutes=None)
+    with pytest.raises(SystemExit):  # Lightning's SIGTERMException
+        cli_main(["fit", "--config", str(TINY), "--trainer.max_epochs", "5", "--trainer.limit_val_batches", "0"],
+                 trainer_defaults={"callbacks": [cadence, _SigtermAfterTheCheck(3)]})
+    assert cadence.saved_at == [2, 3]
+    assert torch.load("lc/last.ckpt", weights_only=True)["global_step"] == 3
+    assert "Stopped by a signal: saved lc/last.ckpt at iteration 3" in caplog.text
 
 
 @pytest.mark.slow
@@ -209,7 +233,8 @@ def test_resume_refuses_a_checkpoint_of_another_model_class(tmp_path):
     ckpt = torch.load(_one_step_checkpoint(), weights_only=True)
     ckpt["hyper_parameters"]["_class_path"] = "lightning_modules.VAEModule"
     torch.save(ckpt, tmp_path / "vae.ckpt")
-    with pytest.raises(SystemExit, match="holds a lightning_modules.VAEModule, but this config builds a lightning_modules.DDPMModule"):
+    with pytest.raises(SystemExit,
+                       match="holds a lightning_modules.VAEModule, but this config builds a lightning_modules.DDPMModule"):
         cli_main(["fit", "--config", str(TINY), "--ckpt_path", str(tmp_path / "vae.ckpt")])
     assert not Path("run/checkpoints/last-v1.ckpt").exists()
 
