@@ -36,7 +36,6 @@ from callbacks.sample_writer import SampleWriter
 from lightning_modules.contract import GenerativeModule, Sampling
 from lightning_modules.wandb_utils import choose_wandb_mode, get_wandb_logger, offline_sync_hint
 
-
 KNOWN_UPSTREAM_WARNINGS = (  # harmless notices from libraries, silenced so the ones that matter stand out
     r".*LightningCLI's args parameter.*",
     r".*isinstance\(treespec, LeafSpec\).*",

@@ -188,14 +188,16 @@ def main() -> None:
         settings = sample_settings(cfg, model.clip_denoised, model.dynamic_threshold, "ema" if model.weights_are_ema else "raw")
         samples, _, seconds = cached_samples(cache(tag, args.ckpt), settings, draw)
         rows.append({"model": f"genlab ({Path(args.config).name})", "sampling": cfg.describe(),
-                     "training": {"steps": int(ckpt["global_step"]), "checkpoint": args.ckpt, "sha256": sha256_of(args.ckpt),
-                                  "parameters": sum(p.numel() for p in model.denoiser.parameters()), "ema": model.weights_are_ema},
+                     "training": {"steps": int(ckpt["global_step"]), "checkpoint": args.ckpt,
+                                  "sha256": sha256_of(args.ckpt), "ema": model.weights_are_ema,
+                                  "parameters": sum(p.numel() for p in model.denoiser.parameters())},
                      **measure(samples, seconds)})
         print(rows[-1], flush=True)
     write_result(args.out, {
         "what": "genlab CPU recipe vs a plain diffusers loop at equal optimizer steps, data and batch",
         "command": " ".join(sys.argv), "num_samples": args.num_samples, "seed": args.seed, "labels": "i mod 10",
-        "extractor": extractor.describe(), "judge": judge.describe(), "reference": {k: v for k, v in reference.info.items() if k != "extractor"},
+        "extractor": extractor.describe(), "judge": judge.describe(),
+        "reference": {k: v for k, v in reference.info.items() if k != "extractor"},
         "rows": rows, "software": {**software(), "diffusers": diffusers.__version__}, "hardware": hardware(),
     })
 

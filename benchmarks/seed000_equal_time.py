@@ -47,7 +47,8 @@ def train(minutes: int, runs_dir: Path, skip: bool) -> dict[str, Path]:
     procs = {}
     for name, config in CONFIGS.items():
         cmd = [sys.executable, "cli.py", "fit", "--config", config, "--run_name", f"equal_time_{name}",
-               "--trainer.default_root_dir", str(runs_dir / f"equal_time_{name}"), "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1",
+               "--trainer.default_root_dir", str(runs_dir / f"equal_time_{name}"),
+               "--trainer.max_steps", "-1", "--trainer.max_epochs", "-1",
                "--trainer.max_time", f"00:00:{minutes:02d}:00", "--trainer.check_val_every_n_epoch", "100000",
                "--trainer.enable_progress_bar", "false", "--data.init_args.num_workers", "0"]
         log = open(runs_dir / f"equal_time_{name}.log", "w")

@@ -14,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from diffusion import (
+    VESDE,
     AdaptiveODE,
     AnnealedLangevin,
     DDIMSampler,
@@ -22,7 +23,6 @@ from diffusion import (
     HeunODE,
     PredictorCorrector,
     Sampler,
-    VESDE,
 )
 from diffusion.ncsn import LogSigmaVESDE, NCSNProcess
 from diffusion.repaint import RePaint, jump_schedule
