@@ -16,7 +16,7 @@ leading and trailing spacing at w = ``--w``), ``causes`` (the speckle suspects a
 clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights; and DDPM ancestral with 100
 respaced steps, the Heun probability-flow ODE with 25 steps), ``interval`` (DDPM-100 with guidance limited to
 noise levels σ in (0.28, 2.9] at w and 2w, and in (0.28, 5] and (0, 2.9] at w), ``autoguidance`` (DDPM-100 guided
-by the weaker model ``--guide`` instead of the unconditional branch, Karras et al. 2024, at w = 0.75, 1, 1.25, 1.5, 2).
+by the weaker model ``--guide`` instead of the unconditional branch, Karras et al. 2024, at w = 0.75, 1, 1.25, 1.5, 2, 3, 4).
 Writes a JSON result, a Markdown table, the FID-legibility frontier plot, and a 10 x 10 grid per row with ``--grids``.
 
     python benchmarks/cpu_recipe_quality.py --config sweeps/ddpm_fashion_mnist_cpu.yaml \\
@@ -78,7 +78,7 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
                  for g, (lo, hi) in ((w, (0.28, 2.9)), (2 * w, (0.28, 2.9)), (w, (0.28, 5.0)), (w, (0.0, 2.9)))]
     if "autoguidance" in groups:  # the --guide model in place of the unconditional branch (Karras et al. 2024)
         rows += [Row(f"ddpm100-w{g:g}-autoguide", "autoguidance", DDPMSampler(100), g, autoguide=True)
-                 for g in (0.75, 1.0, 1.25, 1.5, 2.0)]
+                 for g in (0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)]
     if "causes" in groups:
         rows += [Row(f"ddim50-w{w:g}-noclip", "causes", DDIMSampler(50), w, clip=False),
                  Row(f"ddim50-w{w:g}-dynthresh", "causes", DDIMSampler(50), w, threshold=0.995),
