@@ -109,6 +109,15 @@ def sample_settings(sampling: Sampling, clip_x0: bool, dynamic_threshold: float 
     return settings
 
 
+def _comparable(settings: dict) -> dict:
+    """Without a guide, ``autoguide`` cannot change the samples (both values draw classifier-free guidance), so it
+    is left out of the comparison: files saved before ``Sampling.autoguide`` existed match either value."""
+    sampling = settings.get("sampling")
+    if settings.get("guide_sha256") is None and isinstance(sampling, dict) and "autoguide" in sampling:
+        return {**settings, "sampling": {k: v for k, v in sampling.items() if k != "autoguide"}}
+    return settings
+
+
 def cached_samples(path: Path | None, settings: dict, draw: Callable[[], tuple[torch.Tensor, float]]
                    ) -> tuple[torch.Tensor, float, float]:
     """``draw()`` → (samples, mean NFE), timed, or the samples an earlier run saved at ``path`` with the same
@@ -117,7 +126,7 @@ def cached_samples(path: Path | None, settings: dict, draw: Callable[[], tuple[t
     if path is not None and path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=True)
         theirs = {k: saved.get(k) for k in settings}
-        if theirs != settings:
+        if _comparable(theirs) != _comparable(settings):
             raise SystemExit(f"{path} holds samples drawn with {theirs}, not {settings}; delete it or use another "
                              "--samples-dir.")
         print(f"samples from {path} (drawn at {saved['sec_per_image']:.3f} s/image)", flush=True)

@@ -114,6 +114,9 @@ class GenerativeModule(LightningModule):
 
     def check_sampling(self, sampling: Sampling) -> None:
         """Raise a ValueError naming the problem when ``sampling`` cannot be honoured by this model."""
+        if sampling.autoguide:
+            raise ValueError(f"sampling.autoguide=true but a {type(self).__name__} has no guide model: autoguidance "
+                             "guides a DDPMModule's reverse process; drop --sampling.autoguide (or set it false).")
 
     @property
     def default_guidance(self) -> float:

@@ -41,3 +41,23 @@ def test_sample_settings_keys_a_guide_by_hash_and_leave_old_keys_unchanged(tmp_p
     cached_samples(path, plain, lambda: (torch.zeros(2, 1, 2, 2), 100.0))
     with pytest.raises(SystemExit, match="holds samples drawn with"):
         cached_samples(path, guided, lambda: (torch.ones(2, 1, 2, 2), 100.0))
+
+
+def test_a_cached_cfg_row_matches_with_or_without_the_autoguide_field(tmp_path):
+    """Without a guide, autoguide false and unset draw the same samples, so files from before the field still serve;
+    a guided row never reuses them."""
+    from benchmarks.common import sample_settings
+    from diffusion import DDPMSampler
+    from lightning_modules.contract import Sampling
+
+    old = sample_settings(Sampling(DDPMSampler(100), 1.0, seed=0), True, None, "ema")
+    new = sample_settings(Sampling(DDPMSampler(100), 1.0, seed=0, autoguide=False), True, None, "ema")
+    assert "autoguide" not in old["sampling"] and new["sampling"]["autoguide"] is False
+    path = tmp_path / "row.pt"
+    first, _, _ = cached_samples(path, old, lambda: (torch.zeros(2, 1, 2, 2), 100.0))
+    again, _, _ = cached_samples(path, new, lambda: (torch.ones(2, 1, 2, 2), 100.0))
+    assert torch.equal(first, again)
+    guided = sample_settings(Sampling(DDPMSampler(100), 1.0, seed=0, autoguide=True), True, None, "ema",
+                             guide_sha256="ab" * 32)
+    with pytest.raises(SystemExit, match="holds samples drawn with"):
+        cached_samples(path, guided, lambda: (torch.ones(2, 1, 2, 2), 100.0))

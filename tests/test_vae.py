@@ -140,3 +140,14 @@ def test_vae_loss_drops_when_overfitting():
             enable_model_summary=False).fit(module, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
                                                                                  batch_size=16))
     assert module.loss(x, g())["recon"].item() < 0.5 * before
+
+
+def test_autoguide_is_refused_by_a_model_without_a_guide():
+    """--sampling.autoguide true on a VAE used to be ignored without a word."""
+    from lightning_modules import VAEModule
+    from lightning_modules.contract import Sampling
+
+    module = VAEModule(VAE(base_channels=8, channel_multipliers=(1, 2), latent_channels=4), image_size=16)
+    with pytest.raises(ValueError, match=r"sampling.autoguide=true but a VAEModule has no guide model"):
+        module.resolve_sampling(Sampling(autoguide=True))
+    assert module.resolve_sampling(Sampling(autoguide=False)).autoguide is False
