@@ -385,7 +385,7 @@ def test_dead_or_hung_node_stops_the_other_node(sig, tmp_path, launcher):
     # Where gloo notices the lost peer varies (an all-reduce, DDP's buffer broadcast, a barrier), so the test
     # asks only that rank 0 raised and that the error came from the collective layer.
     assert "ChildFailedError" in out and re.search(r"\[rank0\]: \w*(Error|Exception)\b", out), out[-3000:]
-    assert re.search(r"\[rank0\]: .*(gloo|[Tt]imed out)", out), out[-3000:]
+    assert re.search(r"\[rank0\]: .*(gloo|[Tt]imed out|timeout)", out), out[-3000:]
     if sig == "SIGKILL":
         assert took < 60, took
         assert re.search(r"Connection (reset|closed) by peer", out), out[-3000:]
@@ -393,5 +393,7 @@ def test_dead_or_hung_node_stops_the_other_node(sig, tmp_path, launcher):
         assert code1 != 0 and "Signal 9 (SIGKILL)" in (tmp_path / "node1.log").read_text()
     else:
         assert took < timeout_s + 60, took
-        assert f"Timed out waiting {timeout_s * 1000}ms" in out, out[-3000:]
+        # gloo words its timeout by where it fires: a pending recv, or a pair it closes mid-broadcast
+        assert re.search(rf"Timed out waiting {timeout_s * 1000}ms|Application timeout caused pair closure", out), \
+            out[-3000:]
     assert workers[0] not in marked_processes(launcher.marker)  # node 0's worker is gone, not hanging
