@@ -117,7 +117,7 @@ class LastCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        n = pl_module.iterations if isinstance(pl_module, GenerativeModule) else trainer.global_step
+        n = _iteration(trainer, pl_module)
         due = bool(self.every_n_steps and n % self.every_n_steps == 0)
         if self.every_n_minutes is not None:
             late = time.monotonic() - self._last_save >= self.every_n_minutes * 60
@@ -135,16 +135,13 @@ class LastCheckpoint(Callback):
         which stops the run with ``SIGTERMException`` between batches: save there, so the stop still loses nothing."""
         if not (self.on_interrupt and isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING):
             return
-        n = pl_module.iterations if isinstance(pl_module, GenerativeModule) else trainer.global_step
-        if not self.saved_at or self.saved_at[-1] != n:
-            self._save(trainer, n)
+        n = _iteration(trainer, pl_module)
+        self._save_once(trainer, n)
         self._report_stop(trainer, n)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.fast_dev_run:
-            n = pl_module.iterations if isinstance(pl_module, GenerativeModule) else trainer.global_step
-            if not self.saved_at or self.saved_at[-1] != n:
-                self._save(trainer, n)
+            self._save_once(trainer, _iteration(trainer, pl_module))
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._previous_sigint is not None and _in_main_thread():
@@ -163,12 +160,23 @@ class LastCheckpoint(Callback):
         rank_zero_info(f"Stopped by a signal: saved {self.path(trainer)} at iteration {n}; resume with "
                        f"--ckpt_path {self.path(trainer)}.")
 
+    def _save_once(self, trainer: Trainer, n: int) -> None:
+        """Save unless iteration ``n`` is already the last one saved."""
+        if not self.saved_at or self.saved_at[-1] != n:
+            self._save(trainer, n)
+
     def _save(self, trainer: Trainer, n: int) -> None:
         if trainer.fast_dev_run:
             return
         trainer.save_checkpoint(self.path(trainer), weights_only=False)  # full state: optimizer, loops, callbacks
         self.saved_at.append(n)
         self._last_save = time.monotonic()
+
+
+def _iteration(trainer: Trainer, pl_module: LightningModule) -> int:
+    """Training batches so far: a GenerativeModule's ``iterations`` (several optimizer steps may make one), else the
+    trainer's global step."""
+    return pl_module.iterations if isinstance(pl_module, GenerativeModule) else trainer.global_step
 
 
 def _in_main_thread() -> bool:

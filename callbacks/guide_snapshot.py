@@ -115,8 +115,7 @@ class GuideSnapshot(Callback):
         path = self.path(trainer)
         trainer.save_checkpoint(path, weights_only=False)  # the full save: EMA puts its average in state_dict
         rank_zero_info(f"GuideSnapshot: saved the iteration-{pl_module.iterations} guide to {path}; "
-                       + ("sampling is autoguided from now on." if pl_module.autoguide else
-                          "sampling keeps classifier-free guidance (autoguide: false)."))
+                       f"{_use(pl_module)} from now on.")
         pl_module.set_guide(str(path))
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -156,6 +155,10 @@ class GuideSnapshot(Callback):
                            "guidance. Train with the callback past its step, or pass --model.init_args.guide_checkpoint.")
             return
         pl_module.set_guide(str(path))
-        rank_zero_info(f"GuideSnapshot: loaded {path} (iteration {pl_module.guide_iterations}); " + (
-            "sampling is autoguided by it." if pl_module.autoguide else
-            "sampling keeps classifier-free guidance (autoguide: false)."))
+        rank_zero_info(f"GuideSnapshot: loaded {path} (iteration {pl_module.guide_iterations}); {_use(pl_module)}.")
+
+
+def _use(pl_module: DDPMModule) -> str:
+    """Whether sampling runs the guide, for the log lines."""
+    return ("sampling is autoguided" if pl_module.autoguide else
+            "sampling keeps classifier-free guidance (autoguide: false)")
