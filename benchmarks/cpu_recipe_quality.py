@@ -16,7 +16,8 @@ leading and trailing spacing at w = ``--w``), ``causes`` (the speckle suspects a
 clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights; and DDPM ancestral with 100
 respaced steps, the Heun probability-flow ODE with 25 steps), ``interval`` (DDPM-100 with guidance limited to
 noise levels σ in (0.28, 2.9] at w and 2w, and in (0.28, 5] and (0, 2.9] at w), ``autoguidance`` (DDPM-100 guided
-by the weaker model ``--guide`` instead of the unconditional branch, Karras et al. 2024, at w = 0.75, 1, 1.25, 1.5, 2, 3, 4).
+by the weaker model ``--guide`` instead of the unconditional branch, Karras et al. 2024, at w = 0.75, 1, 1.25, 1.5, 2, 3, 4;
+plus 50 and 200 steps at w = ``--w``).
 Writes a JSON result, a Markdown table, the FID-legibility frontier plot, and a 10 x 10 grid per row with ``--grids``.
 
     python benchmarks/cpu_recipe_quality.py --config sweeps/ddpm_fashion_mnist_cpu.yaml \\
@@ -79,6 +80,7 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
     if "autoguidance" in groups:  # the --guide model in place of the unconditional branch (Karras et al. 2024)
         rows += [Row(f"ddpm100-w{g:g}-autoguide", "autoguidance", DDPMSampler(100), g, autoguide=True)
                  for g in (0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)]
+        rows += [Row(f"ddpm{s}-w{w:g}-autoguide", "autoguidance", DDPMSampler(s), w, autoguide=True) for s in (50, 200)]
     if "causes" in groups:
         rows += [Row(f"ddim50-w{w:g}-noclip", "causes", DDIMSampler(50), w, clip=False),
                  Row(f"ddim50-w{w:g}-dynthresh", "causes", DDIMSampler(50), w, threshold=0.995),
@@ -168,7 +170,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma list of row tags to run")
     ap.add_argument("--guide", default=None, help="DDPMModule checkpoint guiding the autoguidance rows: a weaker "
                                                   "model on the same data, e.g. this recipe stopped early")
-    ap.add_argument("--w", type=float, default=None, help="guidance weight of the steps/causes rows (default: the model's)")
+    ap.add_argument("--w", type=float, default=None,
+                    help="guidance weight of the steps, causes and step-count rows (default: the model's)")
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="runs/feature_cache")

@@ -38,9 +38,10 @@ PRESETS = {  # the denoisers of sweeps/ddpm_mnist_cpu.yaml and sweeps/ddpm_mnist
 }
 
 
-def make_net(preset: str, device: str) -> UNet:
+def make_net(preset: str | dict, device: str) -> UNet:
+    """The U-Net of a named preset, or of explicit UNet keyword arguments."""
     torch.manual_seed(0)
-    return UNet(**PRESETS[preset]).to(device)
+    return UNet(**(PRESETS[preset] if isinstance(preset, str) else preset)).to(device)
 
 
 def bare_loop(preset, data, steps, warmup, device) -> float:
@@ -56,7 +57,7 @@ def bare_loop(preset, data, steps, warmup, device) -> float:
         x0, y = x_all[i * b:(i + 1) * b].to(device), y_all[i * b:(i + 1) * b].to(device)
         t = torch.randint(0, 1000, (b,), device=device)
         noise = torch.randn_like(x0)
-        xt = module.noise_schedule.add_noise(x0, noise, t)
+        xt = module.process.add_noise(x0, noise, t)
         y = torch.where(torch.rand(b, device=device) < 0.1, torch.full_like(y, -1), y)
         loss = F.mse_loss(net(xt, t, y), noise)
         opt.zero_grad(set_to_none=True)

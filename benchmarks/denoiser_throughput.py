@@ -1,0 +1,113 @@
+"""Training throughput of candidate denoisers against the CPU recipe's U-Net, as ratios measured in one run.
+
+The issue's capacity rule is "images/s on 2 cores within 10 % of today's". Each variant overrides some of the
+U-Net arguments of `sweeps/blocks/model_ddpm_cpu.yaml`; all variants run the same bare training step
+(`ddpm_speed.bare_loop`: t, ε, noising, forward, MSE, backward, clip, Adam) on the same in-memory batch-64 data,
+interleaved round by round so the machine's noise hits them alike. The ratio to the baseline is taken per
+round and its median reported.
+
+    python benchmarks/denoiser_throughput.py --variant full_res_24 '{"channels": [24, 32, 64]}' \\
+        --variant two_layers '{"num_layers": 2}' --out docs/benchmarks/denoiser_throughput_cpu.json
+
+(docs/benchmarks.md, "Capacity at full resolution", has the full command of the committed result.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import hardware, write_result  # noqa: E402
+from benchmarks.ddpm_speed import bare_loop, make_net  # noqa: E402
+from networks.unet import count_parameters  # noqa: E402
+
+BASE_BLOCK = Path(__file__).resolve().parents[1] / "sweeps" / "blocks" / "model_ddpm_cpu.yaml"
+
+
+def base_unet_args(block: Path = BASE_BLOCK) -> dict:
+    """The recipe's U-Net arguments, read from its model block so the baseline is what users train."""
+    return dict(yaml.safe_load(block.read_text())["init_args"]["denoiser"]["init_args"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "JSON"),
+                   help="a candidate: a name and a JSON object of U-Net arguments that override the recipe's")
+    p.add_argument("--batch-variant", nargs=2, action="append", default=[], metavar=("NAME", "BATCH"),
+                   help="a candidate: the recipe's U-Net trained at another batch size (same images per budget "
+                        "means more, smaller steps)")
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=30, help="timed training steps per round and variant")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if not args.variant and not args.batch_variant:
+        p.error("name at least one --variant or --batch-variant to compare with the baseline")
+    torch.set_num_threads(args.threads)
+
+    base = base_unet_args()
+    variants = {"baseline": base}
+    batches = {"baseline": args.batch_size}
+    for name, overrides in args.variant:
+        try:
+            variants[name] = {**base, **json.loads(overrides)}
+        except json.JSONDecodeError as err:
+            p.error(f"--variant {name}: the overrides are not a JSON object ({err}); quote them, e.g. '{{\"num_layers\": 2}}'")
+        batches[name] = args.batch_size
+    for name, batch in args.batch_variant:
+        if not batch.isdigit() or int(batch) < 1:
+            p.error(f"--batch-variant {name}: the batch size must be a positive integer, got {batch!r}")
+        variants[name], batches[name] = base, int(batch)
+    for name, kwargs in variants.items():
+        try:
+            make_net(kwargs, "cpu")  # a bad argument fails here, before any timing
+        except (TypeError, ValueError) as err:
+            p.error(f"--variant {name}: networks.UNet refuses these arguments: {err}")
+
+    n = max(batches.values()) * (args.steps + args.warmup)
+    g = torch.Generator().manual_seed(0)
+    data = (torch.rand(n, 1, args.image_size, args.image_size, generator=g) * 2 - 1,
+            torch.randint(0, 10, (n,), generator=g))
+
+    def timed(name: str) -> float:
+        m = batches[name] * (args.steps + args.warmup)  # bare_loop's batch is the data's size over the step count
+        return bare_loop(variants[name], (data[0][:m], data[1][:m]), args.steps, args.warmup, "cpu")
+
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append({name: timed(name) for name in variants})
+    result = {
+        "benchmark": "denoiser_throughput",
+        "command": "python " + " ".join(sys.argv),
+        "hardware": hardware(),
+        "threads": args.threads,
+        "image_size": args.image_size,
+        "baseline_block": str(BASE_BLOCK.relative_to(BASE_BLOCK.parents[2])),
+        "variants": {
+            name: {
+                "unet": kwargs,
+                "batch_size": batches[name],
+                "parameters": count_parameters(make_net(kwargs, "cpu")),
+                "images_per_s_median": statistics.median(r[name] for r in rounds),
+                "ratio_to_baseline_median": statistics.median(r[name] / r["baseline"] for r in rounds),
+            }
+            for name, kwargs in variants.items()
+        },
+        "rounds": rounds,
+    }
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
