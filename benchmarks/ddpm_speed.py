@@ -21,11 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, Trainer
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, write_result  # noqa: E402
+from callbacks.ema import WarmupEMAFn  # noqa: E402
 from diffusion import DDIMSampler  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
 from networks.unet import UNet, count_parameters  # noqa: E402
@@ -44,9 +46,11 @@ def make_net(preset: str | dict, device: str) -> UNet:
     return UNet(**(PRESETS[preset] if isinstance(preset, str) else preset)).to(device)
 
 
-def bare_loop(preset, data, steps, warmup, device) -> float:
-    """images/s of a hand-written loop doing DDPMModule's training step."""
+def bare_loop(preset, data, steps, warmup, device, ema: bool = False) -> float:
+    """images/s of a hand-written loop doing DDPMModule's training step; ``ema`` adds the CPU recipes' per-step
+    EMA update (callbacks.EMA's warm-up average), a cost per step rather than per image."""
     net = make_net(preset, device)
+    average = AveragedModel(net, avg_fn=WarmupEMAFn(0.999, 2 / 3)) if ema else None
     module = DDPMModule(net, num_timesteps=1000)  # only for its schedule and loss maths
     module.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -64,6 +68,8 @@ def bare_loop(preset, data, steps, warmup, device) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        if average is not None:
+            average.update_parameters(net)
         _sync(device)
         stamps.append(time.perf_counter())
     return b / statistics.median(_intervals(stamps[warmup - 1:]))

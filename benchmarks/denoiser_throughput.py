@@ -2,9 +2,9 @@
 
 The issue's capacity rule is "images/s on 2 cores within 10 % of today's". Each variant overrides some of the
 U-Net arguments of `sweeps/blocks/model_ddpm_cpu.yaml`; all variants run the same bare training step
-(`ddpm_speed.bare_loop`: t, ε, noising, forward, MSE, backward, clip, Adam) on the same in-memory batch-64 data,
-interleaved round by round so the machine's noise hits them alike. The ratio to the baseline is taken per
-round and its median reported.
+(`ddpm_speed.bare_loop`: t, ε, noising, forward, MSE, backward, clip, Adam; with `--ema` also the recipe's EMA
+update) on the same in-memory data, interleaved round by round so the machine's noise hits them alike. The
+ratio to the baseline is taken per round and its median reported.
 
     python benchmarks/denoiser_throughput.py --variant full_res_24 '{"channels": [24, 32, 64]}' \\
         --variant two_layers '{"num_layers": 2}' --out docs/benchmarks/denoiser_throughput_cpu.json
@@ -50,6 +50,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ema", action="store_true",
+                   help="add the recipe's EMA update to every step: a per-step cost that matters when batch sizes differ")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     if not args.variant and not args.batch_variant:
@@ -82,7 +84,7 @@ def main() -> None:
 
     def timed(name: str) -> float:
         m = batches[name] * (args.steps + args.warmup)  # bare_loop's batch is the data's size over the step count
-        return bare_loop(variants[name], (data[0][:m], data[1][:m]), args.steps, args.warmup, "cpu")
+        return bare_loop(variants[name], (data[0][:m], data[1][:m]), args.steps, args.warmup, "cpu", ema=args.ema)
 
     rounds = []
     for _ in range(args.rounds):
@@ -92,6 +94,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "hardware": hardware(),
         "threads": args.threads,
+        "ema_update_per_step": args.ema,
         "image_size": args.image_size,
         "baseline_block": str(BASE_BLOCK.relative_to(BASE_BLOCK.parents[2])),
         "variants": {

@@ -79,5 +79,6 @@ def test_the_throughput_baseline_is_the_recipes_unet_and_its_training_step_runs(
     tiny = {**base_unet_args(), "channels": [8, 8, 16]}
     g = torch.Generator().manual_seed(0)
     data = (torch.rand(8, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (8,), generator=g))
-    images_per_s = bare_loop(tiny, data, steps=2, warmup=2, device="cpu")
-    assert images_per_s > 0 and images_per_s == images_per_s
+    for ema in (False, True):  # with the recipe's EMA update too
+        images_per_s = bare_loop(tiny, data, steps=2, warmup=2, device="cpu", ema=ema)
+        assert images_per_s > 0 and images_per_s == images_per_s
