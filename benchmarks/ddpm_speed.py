@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from lightning.pytorch import Callback, Trainer
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
@@ -32,9 +33,16 @@ from diffusion import DDIMSampler  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
 from networks.unet import UNet, count_parameters  # noqa: E402
 
+CPU_MODEL_BLOCK = Path(__file__).resolve().parents[1] / "sweeps" / "blocks" / "model_ddpm_cpu.yaml"
+
+
+def recipe_unet_args(block: Path = CPU_MODEL_BLOCK) -> dict:
+    """The CPU recipes' U-Net arguments, read from their model block so the timed network is what users train."""
+    return dict(yaml.safe_load(block.read_text())["init_args"]["denoiser"]["init_args"])
+
+
 PRESETS = {  # the denoisers of sweeps/ddpm_mnist_cpu.yaml and sweeps/ddpm_mnist.yaml
-    "cpu": dict(channels=(16, 32, 64), down_sample=(True, True), attention=(False, False), num_layers=1,
-                num_heads=4, t_emb_dim=64, num_classes=10),
+    "cpu": recipe_unet_args(),
     "mnist": dict(channels=(32, 64, 128, 256), down_sample=(True, True, False), attention=(False, True, True),
                   num_layers=2, num_heads=4, t_emb_dim=128, num_classes=10),
 }

@@ -21,20 +21,12 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, write_result  # noqa: E402
-from benchmarks.ddpm_speed import bare_loop, make_net  # noqa: E402
+from benchmarks.ddpm_speed import CPU_MODEL_BLOCK, bare_loop, make_net, recipe_unet_args  # noqa: E402
 from networks.unet import count_parameters  # noqa: E402
-
-BASE_BLOCK = Path(__file__).resolve().parents[1] / "sweeps" / "blocks" / "model_ddpm_cpu.yaml"
-
-
-def base_unet_args(block: Path = BASE_BLOCK) -> dict:
-    """The recipe's U-Net arguments, read from its model block so the baseline is what users train."""
-    return dict(yaml.safe_load(block.read_text())["init_args"]["denoiser"]["init_args"])
 
 
 def main() -> None:
@@ -58,7 +50,7 @@ def main() -> None:
         p.error("name at least one --variant or --batch-variant to compare with the baseline")
     torch.set_num_threads(args.threads)
 
-    base = base_unet_args()
+    base = recipe_unet_args()
     variants = {"baseline": base}
     batches = {"baseline": args.batch_size}
     for name, overrides in args.variant:
@@ -96,7 +88,7 @@ def main() -> None:
         "threads": args.threads,
         "ema_update_per_step": args.ema,
         "image_size": args.image_size,
-        "baseline_block": str(BASE_BLOCK.relative_to(BASE_BLOCK.parents[2])),
+        "baseline_block": str(CPU_MODEL_BLOCK.relative_to(CPU_MODEL_BLOCK.parents[2])),
         "variants": {
             name: {
                 "unet": kwargs,

@@ -65,18 +65,17 @@ def test_a_cached_cfg_row_matches_with_or_without_the_autoguide_field(tmp_path):
 
 
 def test_the_throughput_baseline_is_the_recipes_unet_and_its_training_step_runs():
-    """denoiser_throughput compares against the network users train (read from the model block, as the CLI builds
+    """The timing scripts compare against the network users train (read from the model block, as the CLI builds
     it), and the bare training step it times runs against today's DDPMModule (it broke once when the module's
     noise process was renamed)."""
-    from benchmarks.ddpm_speed import bare_loop, make_net
-    from benchmarks.denoiser_throughput import base_unet_args
+    from benchmarks.ddpm_speed import bare_loop, make_net, recipe_unet_args
     from cli import cli_main
 
     cli = cli_main(["--config", str(SWEEPS / "ddpm_mnist_cpu.yaml"), "--trainer.logger", "false"], run=False)
     recipe = cli.model.denoiser
-    ours = make_net(base_unet_args(), "cpu")
+    ours = make_net(recipe_unet_args(), "cpu")
     assert [p.shape for p in ours.parameters()] == [p.shape for p in recipe.parameters()]
-    tiny = {**base_unet_args(), "channels": [8, 8, 16]}
+    tiny = {**recipe_unet_args(), "channels": [8, 8, 16]}
     g = torch.Generator().manual_seed(0)
     data = (torch.rand(8, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, 10, (8,), generator=g))
     for ema in (False, True):  # with the recipe's EMA update too
