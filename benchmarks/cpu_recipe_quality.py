@@ -190,6 +190,11 @@ def main() -> None:
     if not model.num_classes:
         raise SystemExit(f"{args.ckpt} is unconditional; legibility needs a class-conditional model.")
     w = model.default_guidance if args.w is None else args.w
+    wanted = set(args.only.split(",")) if args.only else None
+    known = [row.tag for row in rows_for(args.groups.split(","), w)]
+    if wanted and wanted - set(known):
+        raise SystemExit(f"--only names rows that --groups {args.groups} (at w = {w:g}) does not have: "
+                         f"{sorted(wanted - set(known))}; its rows are {', '.join(known)}.")
     extractor = ClassifierFeatures(args.features)
     judge = ClassifierFeatures(args.judge) if args.judge else extractor
     real_images, real_labels, real_description = reference_split(dm, args.extra_reference)
@@ -209,7 +214,6 @@ def main() -> None:
 
     ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
     ckpt_sha = sha256_of(args.ckpt)
-    wanted = set(args.only.split(",")) if args.only else None
     for row in rows_for(args.groups.split(","), w):
         if wanted and row.tag not in wanted:
             continue

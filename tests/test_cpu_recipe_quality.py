@@ -1,0 +1,86 @@
+"""The issue-16 benchmark end to end on tiny models: its result files appear, saved samples are re-scored without
+sampling again, and a mistyped row tag is refused before anything is drawn."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT, TINY, run_cli
+from test_datamodules import make_fake_mnist
+
+import datamodules.mnist as mnist_mod
+
+TINY_FEATURES = ROOT / "tests" / "configs" / "tiny_features.yaml"
+MNIST_DATA = {"class_path": "datamodules.MNISTDataModule",
+              "init_args": {"data_dir": "data", "image_size": 12, "value_range": [-1.0, 1.0], "val_fraction": 0.25,
+                            "batch_size": 8, "num_workers": 0}}
+
+
+def on_mnist(source, path, **model_args):
+    """A tiny test config on fake offline MNIST at 12x12 (small enough for attention at full resolution)."""
+    config = yaml.safe_load(source.read_text())
+    config["data"] = MNIST_DATA
+    config["model"]["init_args"].update(model_args)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def tiny_mnist_models(tmp_path, monkeypatch):
+    """A class-conditional DDPM (T = 100, so DDPM-100 rows run) and a feature classifier, both on fake MNIST."""
+    monkeypatch.setattr(mnist_mod, "_try_download", lambda cls, d: "URLError: no network (test)")
+    make_fake_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=48, n_test=30)
+    run_cli("fit", "--config", str(on_mnist(TINY_FEATURES, tmp_path / "features.yaml")), "--trainer.max_epochs", "1")
+    config = on_mnist(TINY, tmp_path / "ddpm.yaml", num_timesteps=100)
+    run_cli("fit", "--config", str(config), "--trainer.enable_progress_bar", "false")
+    return config, tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "features" / "checkpoints" / "last.ckpt"
+
+
+def run_benchmark(monkeypatch, *args: str) -> None:
+    from benchmarks import cpu_recipe_quality
+
+    monkeypatch.setattr(sys, "argv", ["cpu_recipe_quality.py", *args])
+    cpu_recipe_quality.main()
+
+
+def test_benchmark_writes_its_result_and_rescores_saved_samples(tiny_mnist_models, tmp_path, monkeypatch):
+    config, ckpt, features = tiny_mnist_models
+    args = ["--config", str(config), "--ckpt", str(ckpt), "--features", str(features), "--num-samples", "20",
+            "--batch-size", "10", "--groups", "ancestral", "--only", "ddpm100-w0,ddpm100-w1", "--samples-dir", "samples",
+            "--cache-dir", "cache", "--grids", "grids"]
+    run_benchmark(monkeypatch, *args, "--out", "first.json")
+    result = json.loads((tmp_path / "first.json").read_text())
+    rows = {row["setting"]: row for row in result["rows"]}
+    assert [row["group"] for row in result["rows"]] == ["floor", "ancestral", "ancestral"]
+    for tag, w in (("ddpm100-w0", 0.0), ("ddpm100-w1", 1.0)):
+        row = rows[tag]
+        assert row["nfe"] == 100 and row["sampling"]["guidance_scale"] == w and row["weights"] == "ema"
+        assert torch.isfinite(torch.tensor(row["classifier"]["fid"])) and 0.0 <= row["legible"] <= row["accuracy"] <= 1.0
+        assert torch.load(row["samples_file"], weights_only=True)["samples"].shape == (20, 1, 12, 12)
+        assert (tmp_path / "grids" / f"{tag}.png").stat().st_size > 0
+    assert result["reference"]["split"] == "test" and result["checkpoint"]["provenance"]["ema"] is True
+    assert (tmp_path / "first.md").read_text().count("| ddpm100-w") == 2 and (tmp_path / "first.png").exists()
+
+    from lightning_modules import DDPMModule
+
+    def no_sampling(*_, **__):
+        raise AssertionError("saved samples should be re-scored, not drawn again")
+
+    monkeypatch.setattr(DDPMModule, "generate", no_sampling)
+    run_benchmark(monkeypatch, *args, "--out", "again.json")
+    again = {row["setting"]: row for row in json.loads((tmp_path / "again.json").read_text())["rows"]}
+    for tag in ("ddpm100-w0", "ddpm100-w1"):
+        assert again[tag]["classifier"] == rows[tag]["classifier"] and again[tag]["legible"] == rows[tag]["legible"]
+
+
+def test_an_unknown_row_tag_is_refused_before_sampling(tiny_mnist_models, tmp_path, monkeypatch):
+    config, ckpt, features = tiny_mnist_models
+    with pytest.raises(SystemExit, match="ddpm100-w7.*ddpm100-w1"):
+        run_benchmark(monkeypatch, "--config", str(config), "--ckpt", str(ckpt), "--features", str(features),
+                      "--num-samples", "20", "--groups", "ancestral", "--only", "ddpm100-w1,ddpm100-w7",
+                      "--out", "typo.json")
+    assert not (tmp_path / "typo.json").exists()
