@@ -279,15 +279,15 @@ def link_data_facts(config: Namespace) -> None:
 
 
 def link_guidance(config: Namespace) -> None:
-    """A config's ``sampling.guidance_scale`` and ``sampling.autoguide`` are also its model's defaults (the arguments of
-    the same names), so the sample grid and metrics during ``fit`` and the checkpoint's hyperparameters use what the
-    config states. They win over a model value (a run's saved config.yaml holds both, and ``--sampling.*`` on it is
-    the newer choice); a replacement is printed."""
+    """A config's ``sampling.guidance_scale``, ``sampling.autoguide`` and ``sampling.guidance_interval`` are also its
+    model's defaults (the arguments of the same names), so the sample grid and metrics during ``fit`` and the
+    checkpoint's hyperparameters use what the config states. They win over a model value (a run's saved config.yaml
+    holds both, and ``--sampling.*`` on it is the newer choice); a replacement is printed."""
     sampling, model = config.get("sampling"), config.get("model")
     init = model.get("init_args") if isinstance(model, Namespace) else None
     if not isinstance(sampling, Namespace) or not isinstance(init, Namespace):
         return
-    for key in ("guidance_scale", "autoguide"):
+    for key in ("guidance_scale", "autoguide", "guidance_interval"):
         value = sampling.get(key)
         if value is None or key not in init:
             continue

@@ -2,8 +2,9 @@
 
 from diffusion.guidance import autoguidance, check_guidance_interval, classifier_free_guidance, interval_weight
 from diffusion.hooks import Inpaint, Trajectory
-from diffusion.loss_weighting import LossWeighting, MinSNR
+from diffusion.loss_weighting import EDMWeighting, LossWeighting, MinSNR
 from diffusion.ncsn import LogSigmaVESDE, NCSNProcess
+from diffusion.noise_levels import LogNormalSigma, NoiseLevelDistribution
 from diffusion.processes import DiscreteVPProcess, NoiseProcess
 from diffusion.repaint import RePaint
 from diffusion.restoration import Colourise, TaskSampler, ddim_decode, ddim_invert, ddim_times, slerp
@@ -44,6 +45,9 @@ __all__ = [
     "Inpaint",
     "LossWeighting",
     "MinSNR",
+    "EDMWeighting",
+    "NoiseLevelDistribution",
+    "LogNormalSigma",
     "Trajectory",
     "classifier_free_guidance",
     "autoguidance",

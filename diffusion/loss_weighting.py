@@ -60,3 +60,26 @@ class MinSNR(LossWeighting):
 
     def __repr__(self) -> str:
         return f"MinSNR(gamma={self.gamma})"
+
+
+class EDMWeighting(LossWeighting):
+    """EDM's loss weight λ(σ) = (σ² + σ_data²) / (σ σ_data)² in x_0 units (Karras et al. 2022, Eq. 8 and Table 1).
+
+    With σ² = 1/SNR this is SNR + 1/σ_data²: ε-prediction's own weight (SNR) plus a floor that keeps the noisiest
+    levels from vanishing, the weight under which EDM's preconditioned network sees unit-variance targets. It is
+    meant to pair with ``diffusion.LogNormalSigma``, EDM's training distribution.
+
+    Args:
+        sigma_data: the data's standard deviation σ_data (EDM: 0.5 for images in [−1, 1]).
+    """
+
+    def __init__(self, sigma_data: float = 0.5) -> None:
+        if sigma_data <= 0:
+            raise ValueError(f"EDMWeighting.sigma_data must be > 0 (EDM uses 0.5), got {sigma_data}.")
+        self.sigma_data = float(sigma_data)
+
+    def x0_weight(self, snr_t: Tensor) -> Tensor:
+        return snr_t + 1.0 / self.sigma_data**2
+
+    def __repr__(self) -> str:
+        return f"EDMWeighting(sigma_data={self.sigma_data})"

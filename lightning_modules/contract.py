@@ -54,6 +54,9 @@ class Sampling:
         autoguide: DDPM only: guide by the loaded guide model (``guide_checkpoint`` or ``callbacks.GuideSnapshot``)
             instead of the unconditional branch (true), or keep classifier-free guidance (false); null takes the
             model's ``autoguide``.
+        guidance_interval: DDPM only: ``[sigma_lo, sigma_hi]``, guide only at steps whose noise level σ(t)/α(t) lies in
+            (sigma_lo, sigma_hi] (Kynkäänniemi et al. 2024); ``[0, .inf]`` guides at every step; null takes the
+            model's ``guidance_interval``.
     """
 
     sampler: Optional[Sampler] = None
@@ -62,13 +65,17 @@ class Sampling:
     labels: Optional[list[int]] = None
     generation_mode: Optional[Literal["prior", "reconstruction"]] = None
     autoguide: Optional[bool] = None
+    guidance_interval: Optional[tuple[float, float]] = None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready record of every setting, the sampler's class and arguments included."""
         out = asdict(self) if not isinstance(self.sampler, Sampler) else {
             **{k: v for k, v in self.__dict__.items() if k != "sampler"}, "sampler": self.sampler.describe()}
-        if out.get("autoguide") is None:  # unset (non-DDPM models): records from before the field stay comparable
-            out.pop("autoguide", None)
+        for key in ("autoguide", "guidance_interval"):  # unset: records from before the field stay comparable
+            if out.get(key) is None:
+                out.pop(key, None)
+        if out.get("guidance_interval") is not None:
+            out["guidance_interval"] = list(out["guidance_interval"])
         return out
 
     def labels_for(self, indices: Tensor, num_classes: int) -> Tensor | None:
@@ -117,6 +124,9 @@ class GenerativeModule(LightningModule):
         if sampling.autoguide:
             raise ValueError(f"sampling.autoguide=true but a {type(self).__name__} has no guide model: autoguidance "
                              "guides a DDPMModule's reverse process; drop --sampling.autoguide (or set it false).")
+        if sampling.guidance_interval is not None:
+            raise ValueError(f"sampling.guidance_interval={list(sampling.guidance_interval)} but a {type(self).__name__} "
+                             "has no guided reverse process: drop --sampling.guidance_interval.")
 
     @property
     def default_guidance(self) -> float:

@@ -22,6 +22,7 @@ from diffusion.guidance import autoguidance, check_guidance_interval, classifier
 from diffusion.hooks import Progress
 from diffusion.loss_weighting import LossWeighting
 from diffusion.ncsn import NCSNProcess
+from diffusion.noise_levels import NoiseLevelDistribution
 from diffusion.processes import DiscreteVPProcess, NoiseProcess
 from diffusion.samplers import DDPMSampler, DenoiseFn, Hook, SampleOutput, Sampler
 from diffusion.sde_samplers import AnnealedLangevin, PredictorCorrector
@@ -61,6 +62,8 @@ class DDPMModule(GenerativeModule):
         prediction_type: what the network predicts: ``epsilon``, ``sample`` (x0) or ``v_prediction``.
         loss_weighting: weight of each noise level in the training loss, e.g. ``diffusion.MinSNR`` (gamma 5);
             null is L_simple. Validation and test losses stay L_simple, so runs with different weightings compare.
+        noise_levels: the distribution training draws t from, e.g. ``diffusion.LogNormalSigma`` (EDM's ln σ ~
+            N(−1.2, 1.2²)); null is the process's own (uniform steps for DDPM). Validation and test keep the process's.
         p_uncond: probability of replacing the label by the null token in training (needs a
             class-conditional denoiser; ignored otherwise).
         optimizer: optimizer factory, e.g. ``torch.optim.AdamW`` with its ``lr``.
@@ -94,6 +97,7 @@ class DDPMModule(GenerativeModule):
     # x̂_0 clipping is a sampling choice and the loss weighting a training emphasis: a resumed run or
     # predict/test on a checkpoint may change them
     resume_safe_args = (*GenerativeModule.resume_safe_args, "clip_denoised", "dynamic_threshold", "loss_weighting",
+                        "noise_levels",
                         "guidance_scale", "guidance_interval", "guide_checkpoint", "autoguide")
 
     def __init__(
@@ -107,6 +111,7 @@ class DDPMModule(GenerativeModule):
         process: Optional[NoiseProcess] = None,
         prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon",
         loss_weighting: Optional[LossWeighting] = None,
+        noise_levels: Optional[NoiseLevelDistribution] = None,
         p_uncond: float = 0.1,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_schedule: Optional[LRSchedule] = None,
@@ -122,7 +127,7 @@ class DDPMModule(GenerativeModule):
         autoguide: bool = True,
     ) -> None:
         super().__init__()
-        save_config_hparams(self, objects=("denoiser", "optimizer", "process", "loss_weighting"))
+        save_config_hparams(self, objects=("denoiser", "optimizer", "process", "loss_weighting", "noise_levels"))
         if not 0.0 <= p_uncond < 1.0:
             raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond}.")
         check_denoiser(denoiser)
@@ -137,6 +142,7 @@ class DDPMModule(GenerativeModule):
                                                                              cosine_s)
         self.prediction_type = prediction_type
         self.loss_weighting = loss_weighting
+        self.noise_levels = noise_levels
         self.p_uncond = p_uncond
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule or LRSchedule(warmup_steps=warmup_steps)
@@ -234,10 +240,14 @@ class DDPMModule(GenerativeModule):
     def diffusion_loss(self, x0: Tensor, y: Tensor | None, generator: torch.Generator | None = None, **kwargs: Any) -> Tensor:
         """L_simple on a batch: uniform t, Gaussian ε, MSE against the parameterisation's target.
 
-        In training, ``loss_weighting`` (when set) weights each sample's MSE by its noise level.
+        In training, ``noise_levels`` (when set) draws t instead, and ``loss_weighting`` weights each sample's MSE by
+        its noise level.
         """
         b = x0.shape[0]
-        t = self.process.training_times(b, self.device, generator)
+        if self.noise_levels is not None and self.training:
+            t = self.noise_levels(self.process, b, self.device, generator)
+        else:
+            t = self.process.training_times(b, self.device, generator)
         noise = torch.randn(x0.shape, device=self.device, generator=generator)
         xt = self.process.add_noise(x0, noise, t)
         if y is not None and self.num_classes and self.training and self.p_uncond > 0:
@@ -288,19 +298,21 @@ class DDPMModule(GenerativeModule):
     # ---- sampling ----------------------------------------------------------------------------------
 
     def guided_prediction(self, x: Tensor, t: Tensor, labels: Tensor | None, guidance_scale: float,
-                          autoguide: bool | None = None, **kwargs: Any) -> Tensor:
+                          autoguide: bool | None = None, guidance_interval: tuple[float, float] | None = None,
+                          **kwargs: Any) -> Tensor:
         """Network output at network time ``t`` with guidance: classifier-free, whose two branches run in one batched
         forward pass, or autoguidance by the loaded guide when ``autoguide`` (None: the model's ``autoguide``). With
-        ``guidance_interval``, steps outside it run the conditional branch alone."""
+        ``guidance_interval`` (None: the model's), steps outside it run the conditional branch alone."""
+        interval = self.guidance_interval if guidance_interval is None else guidance_interval
         if not self.num_classes:
             labels = None
         guide = self._guide if self.uses_guide(autoguide) else None
         if labels is None and guide is None:
             return self(x, t, None, **kwargs)
         w: float | Tensor = guidance_scale
-        if guidance_scale and self.guidance_interval is not None:
+        if guidance_scale and interval is not None:
             alpha, sigma = self.process.marginal(self.process.time_from_network(t).expand(x.shape[0]), 1)
-            w = interval_weight(guidance_scale, sigma / alpha, self.guidance_interval).to(x.dtype)
+            w = interval_weight(guidance_scale, sigma / alpha, interval).to(x.dtype)
             if not bool(w.any()):
                 return self(x, t, labels, **kwargs)
             w = w.view(-1, *([1] * (x.ndim - 1)))
@@ -316,11 +328,12 @@ class DDPMModule(GenerativeModule):
         return classifier_free_guidance(cond, uncond, w)
 
     def denoise_fn(self, labels: Tensor | None = None, guidance_scale: float = 0.0, autoguide: bool | None = None,
-                   **kwargs: Any) -> DenoiseFn:
+                   guidance_interval: tuple[float, float] | None = None, **kwargs: Any) -> DenoiseFn:
         """The closure a sampler calls: labels, guidance, conditions and x̂_0 clipping are bound here."""
         if labels is not None:
             labels = labels.to(self.device)
-        return DenoiseFn(lambda x, t: self.guided_prediction(x, t, labels, guidance_scale, autoguide, **kwargs), self.process,
+        return DenoiseFn(lambda x, t: self.guided_prediction(x, t, labels, guidance_scale, autoguide, guidance_interval,
+                                                             **kwargs), self.process,
                          self.prediction_type, self.value_range if self.clip_denoised else None,  # type: ignore[arg-type]
                          self.dynamic_threshold)
 
@@ -335,6 +348,7 @@ class DDPMModule(GenerativeModule):
         x_T: Tensor | None = None,
         hooks: tuple[Hook, ...] = (),
         autoguide: bool | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         **kwargs: Any,
     ) -> SampleOutput:
         """Draw ``n`` images with ``sampler``, starting from x_T ~ prior; returns the samples in
@@ -350,10 +364,12 @@ class DDPMModule(GenerativeModule):
             hooks: per-step hooks (``diffusion.Inpaint``, ``diffusion.Trajectory``, ...).
             autoguide: guide by the loaded guide model, when there is one, instead of the unconditional branch
                 (None: the model's ``autoguide``).
+            guidance_interval: guide only at noise levels σ in (sigma_lo, sigma_hi] (None: the model's).
             kwargs: passed to the denoiser (e.g. ``cond`` images).
         """
         x = x_T if x_T is not None else self.process.prior_sample((n, *self.image_shape), generator, self.device)
-        out = sampler.sample(self.denoise_fn(labels, guidance_scale, autoguide, **kwargs), x, generator, hooks)
+        out = sampler.sample(self.denoise_fn(labels, guidance_scale, autoguide, guidance_interval, **kwargs), x,
+                             generator, hooks)
         return SampleOutput(out.x.clamp(*self.value_range), out.nfe)
 
     def generate(self, indices: Tensor, labels: Tensor | None = None, cond: Tensor | None = None,
@@ -368,7 +384,7 @@ class DDPMModule(GenerativeModule):
         if self.show_progress and "hooks" not in kwargs:
             kwargs["hooks"] = (Progress(f"sampling {len(indices)} images"),)
         out = self.sample(len(indices), sampling.sampler, sampling.guidance_scale, gens, labels,
-                          autoguide=bool(sampling.autoguide), **kwargs)
+                          autoguide=bool(sampling.autoguide), guidance_interval=sampling.guidance_interval, **kwargs)
         self.last_nfe = out.nfe
         return out.x
 
@@ -395,9 +411,12 @@ class DDPMModule(GenerativeModule):
         return PredictorCorrector(1000)
 
     def resolve_sampling(self, sampling: Sampling, check: bool = True) -> Sampling:
-        """The contract's defaults, plus ``autoguide`` from the model when the sampling settings leave it unset."""
+        """The contract's defaults, plus ``autoguide`` and ``guidance_interval`` from the model when the sampling settings
+        leave them unset."""
         if sampling.autoguide is None:
             sampling = replace(sampling, autoguide=self.autoguide)
+        interval = self.guidance_interval if sampling.guidance_interval is None else sampling.guidance_interval
+        sampling = replace(sampling, guidance_interval=check_guidance_interval(interval))
         return super().resolve_sampling(sampling, check)
 
     def check_sampling(self, sampling: Sampling) -> None:
@@ -421,10 +440,11 @@ class DDPMModule(GenerativeModule):
                 "schedule": getattr(self.process, "schedule", None),
                 "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type,
                 "clip_denoised": self.clip_denoised, "dynamic_threshold": self.dynamic_threshold,
-                "guidance_interval": self.guidance_interval,
+                "guidance_interval": sampling.guidance_interval,
                 "guide": {"checkpoint": self.guide_checkpoint, "sha256": self.guide_sha256}
                 if self.guide_checkpoint and sampling.autoguide else None,
-                "loss_weighting": repr(self.loss_weighting) if self.loss_weighting is not None else None}
+                "loss_weighting": repr(self.loss_weighting) if self.loss_weighting is not None else None,
+                "noise_levels": repr(self.noise_levels) if self.noise_levels is not None else None}
 
     # ---- Lightning plumbing ------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,30 @@ def test_predict_takes_a_guidance_interval_for_an_old_checkpoint(two_threads):
     run_cli(*common, "--sampling.guidance_scale", "0", "--predict_dir", "w0")
     never = np.load("never/samples_rank0.npz")["samples"]
     assert np.array_equal(never, np.load("w0/samples_rank0.npz")["samples"]) and not same_samples(never, stored)
+
+
+def test_sampling_guidance_interval_is_linked_into_the_model_and_overrides_it_per_call(two_threads):
+    """``--sampling.guidance_interval`` sets the model's interval (hyperparameters, provenance, samples), and a
+    ``Sampling`` that names an interval wins over the model's for that call."""
+    common = ("predict", "--config", str(TINY), "--ckpt_path", str(DATA / "tiny_ddpm_400494a.ckpt"),
+              "--sampling.sampler", "DDIMSampler", "--sampling.sampler.steps", "5", "--sampling.seed", "3",
+              "--sampling.guidance_scale", "1.5")
+    cli = run_cli(*common, "--sampling.guidance_interval", "[1e8, 1e9]", "--predict_dir", "never")
+    module = cli.model
+    assert module.guidance_interval == (1e8, 1e9) and tuple(module.hparams.guidance_interval) == (1e8, 1e9)
+    assert module.provenance()["guidance_interval"] == (1e8, 1e9)
+    assert module.provenance()["sampling"]["guidance_interval"] == [1e8, 1e9]
+    run_cli(*common[:-2], "--sampling.guidance_scale", "0", "--predict_dir", "w0")
+    never = np.load("never/samples_rank0.npz")["samples"]
+    assert np.array_equal(never, np.load("w0/samples_rank0.npz")["samples"])
+    stored = np.load(DATA / "tiny_ddpm_400494a_predict.npz")["samples"]
+    sampling = replace(module.sampling, guidance_interval=(0.0, float("inf")))
+    with torch.no_grad():
+        indices = torch.arange(len(stored))
+        everywhere = module.generate(indices, sampling.labels_for(indices, module.num_classes), sampling=sampling)
+    assert same_samples(everywhere.cpu().numpy(), stored)
+    with pytest.raises(ValueError, match="0 <= sigma_lo < sigma_hi"):
+        module.resolve_sampling(replace(sampling, guidance_interval=(2.0, 1.0)))
 
 
 def test_predict_takes_a_guide_checkpoint_for_an_old_checkpoint():

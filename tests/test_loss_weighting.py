@@ -1,16 +1,25 @@
-"""Loss weightings: Min-SNR-γ against its closed form in every parameterisation, and its use in training."""
+"""Loss weightings: Min-SNR-γ and EDM's λ(σ) against their closed forms in every parameterisation, and Min-SNR
+in training."""
 
 import pytest
 import torch
 from conftest import TINY, run_cli
 
-from diffusion import DiscreteVPProcess, MinSNR
+from diffusion import DiscreteVPProcess, EDMWeighting, MinSNR
 from diffusion.sde import VESDE
 
+X0_WEIGHTS = {  # closed forms in x_0 units, as functions of SNR = ᾱ / (1 − ᾱ)
+    "min_snr": (MinSNR(5.0), lambda snr: snr.clamp(max=5.0)),
+    # EDM Eq. 8: λ(σ) = (σ² + σ_d²) / (σ σ_d)² with σ² = 1 / SNR, σ_d = 0.5
+    "edm": (EDMWeighting(0.5), lambda snr: (1 / snr + 0.25) / (0.25 / snr)),
+}
 
+
+@pytest.mark.parametrize("weighting", sorted(X0_WEIGHTS))
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
-def test_min_snr_equals_clamped_snr_times_x0_error_in_every_parameterisation(prediction_type):
-    """w_target · ‖target error‖² must equal min(SNR, γ) · ‖x̂_0 − x_0‖² whatever the network predicts."""
+def test_weighting_equals_its_x0_weight_times_x0_error_in_every_parameterisation(weighting, prediction_type):
+    """w_target · ‖target error‖² must equal w_x0(SNR) · ‖x̂_0 − x_0‖² whatever the network predicts."""
+    loss_weighting, x0_weight = X0_WEIGHTS[weighting]
     torch.manual_seed(0)
     process = DiscreteVPProcess("linear", 1000, 1e-4, 0.02)
     t = torch.tensor([0, 10, 50, 200, 600, 999])
@@ -18,9 +27,9 @@ def test_min_snr_equals_clamped_snr_times_x0_error_in_every_parameterisation(pre
     xt = process.add_noise(x0, noise, t)
     target = process.target(prediction_type, x0, noise, t)
     x0_hat, _ = process.to_x0_eps(out, xt, t, prediction_type)
-    weighted = MinSNR(5.0)(process, t, prediction_type) * (out - target).square().flatten(1).mean(1)
+    weighted = loss_weighting(process, t, prediction_type) * (out - target).square().flatten(1).mean(1)
     ab = process.alpha_bars[t].double()
-    expected = (ab / (1 - ab)).clamp(max=5.0) * (x0_hat - x0).double().square().flatten(1).mean(1)
+    expected = x0_weight(ab / (1 - ab)) * (x0_hat - x0).double().square().flatten(1).mean(1)
     torch.testing.assert_close(weighted.double(), expected, rtol=1e-4, atol=1e-6)
 
 

@@ -151,3 +151,5 @@ def test_autoguide_is_refused_by_a_model_without_a_guide():
     with pytest.raises(ValueError, match=r"sampling.autoguide=true but a VAEModule has no guide model"):
         module.resolve_sampling(Sampling(autoguide=True))
     assert module.resolve_sampling(Sampling(autoguide=False)).autoguide is False
+    with pytest.raises(ValueError, match=r"sampling.guidance_interval=\[0.28, 2.9\] but a VAEModule"):
+        module.resolve_sampling(Sampling(guidance_interval=(0.28, 2.9)))
