@@ -26,8 +26,7 @@ class NoiseLevelDistribution:
         """The times a draw can return: every step of a discrete process, or an even grid of a continuous one."""
         if process.discrete:
             return torch.arange(process.num_timesteps)
-        t_min, t_max = float(getattr(process, "t_min", 0.0)), float(getattr(process, "t_max", 1.0))
-        return torch.linspace(t_min, t_max, CONTINUOUS_GRID)
+        return torch.linspace(*process.time_range(), CONTINUOUS_GRID)
 
     def probabilities(self, process: NoiseProcess) -> Tensor:
         raise NotImplementedError

@@ -68,9 +68,13 @@ class NoiseProcess(nn.Module):
         """Inverse of ``network_time``: the process time of a value the denoiser was given."""
         return u
 
+    def time_range(self) -> tuple[float, float]:
+        """[t_min, t_max], the times training draws from (continuous processes; [0, 1] unless a subclass sets them)."""
+        return float(getattr(self, "t_min", 0.0)), float(getattr(self, "t_max", 1.0))
+
     def training_times(self, n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
         """t for a training batch: uniform on [t_min, t_max] (continuous processes)."""
-        t_min, t_max = float(getattr(self, "t_min", 0.0)), float(getattr(self, "t_max", 1.0))
+        t_min, t_max = self.time_range()
         return t_min + (t_max - t_min) * torch.rand(n, device=device, generator=generator)
 
     def prior_sample(self, shape: Sequence[int], generator: GeneratorLike = None, device: torch.device | str = "cpu") -> Tensor:
