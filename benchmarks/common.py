@@ -118,9 +118,9 @@ def _comparable(settings: dict) -> dict:
     return settings
 
 
-def cached_samples(path: Path | None, settings: dict, draw: Callable[[], tuple[torch.Tensor, float]]
-                   ) -> tuple[torch.Tensor, float, float]:
-    """``draw()`` → (samples, mean NFE), timed, or the samples an earlier run saved at ``path`` with the same
+def cached_samples(path: Path | None, settings: dict, draw: Callable[[], tuple[torch.Tensor, Any]]
+                   ) -> tuple[torch.Tensor, Any, float]:
+    """``draw()`` → (samples, mean NFE or a dict of such counts), timed, or the samples an earlier run saved at ``path`` with the same
     ``settings`` (so another judge or feature network scores them without sampling again). A file whose settings
     differ is refused. Returns (samples, NFE, seconds per image as first measured)."""
     if path is not None and path.exists():

@@ -17,7 +17,8 @@ clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights; and
 respaced steps, the Heun probability-flow ODE with 25 steps), ``interval`` (DDPM-100 with guidance limited to
 noise levels σ in (0.28, 2.9] at w and 2w, and in (0.28, 5] and (0, 2.9] at w), ``autoguidance`` (DDPM-100 guided
 by the weaker model ``--guide`` instead of the unconditional branch, Karras et al. 2024, at w = 0.75, 1, 1.25, 1.5, 2, 3, 4;
-plus 50 and 200 steps at w = ``--w``).
+plus 50 and 200 steps at w = ``--w``, and at w = 1.5, 2, 3 guided only at σ in (0, 2.9] or (0.28, 5]).
+Rows report NFE (denoiser calls per sample) and network passes (a guided call costs two; fewer in an interval).
 Writes a JSON result, a Markdown table, the FID-legibility frontier plot, and a 10 x 10 grid per row with ``--grids``.
 
     python benchmarks/cpu_recipe_quality.py --config sweeps/ddpm_fashion_mnist_cpu.yaml \\
@@ -81,6 +82,8 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
         rows += [Row(f"ddpm100-w{g:g}-autoguide", "autoguidance", DDPMSampler(100), g, autoguide=True)
                  for g in (0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)]
         rows += [Row(f"ddpm{s}-w{w:g}-autoguide", "autoguidance", DDPMSampler(s), w, autoguide=True) for s in (50, 200)]
+        rows += [Row(f"ddpm100-w{g:g}-autoguide-int{lo:g}-{hi:g}", "autoguidance", DDPMSampler(100), g, interval=(lo, hi),
+                     autoguide=True) for g in (1.5, 2.0, 3.0) for lo, hi in ((0.0, 2.9), (0.28, 5.0))]
     if "causes" in groups:
         rows += [Row(f"ddim50-w{w:g}-noclip", "causes", DDIMSampler(50), w, clip=False),
                  Row(f"ddim50-w{w:g}-dynthresh", "causes", DDIMSampler(50), w, threshold=0.995),
@@ -145,10 +148,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| setting | NFE | s / image | FID | KID | legible | accuracy | speckle / 1k px | haze |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | NFE | network passes | s / image | FID | KID | legible | accuracy | speckle / 1k px | haze |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['setting']} | {r.get('nfe', '—')} | {r['sec_per_image']:.3f} | {r['classifier']['fid']:.2f} | "
+        lines.append(f"| {r['setting']} | {r.get('nfe', '—')} | {r.get('network_passes', '—')} | {r['sec_per_image']:.3f} | {r['classifier']['fid']:.2f} | "
                      f"{r['classifier']['kid']:.4f} | {r['legible']:.3f} | {r['accuracy']:.3f} | "
                      f"{r['speckle']['isolated_rate']:.3f} | {r['speckle']['haze']:.4f} |")
     ceiling = rows[0].get("judge_on_test_images") if rows else None
@@ -232,18 +235,20 @@ def main() -> None:
         name = f"{row.tag}_n{n}_seed{args.seed}_{ckpt_sha[:16]}{guided_by}.pt"
         cached = Path(args.samples_dir) / name if args.samples_dir else None
 
-        def draw() -> tuple[torch.Tensor, float]:
-            chunks, nfes = [], []
+        def draw() -> tuple[torch.Tensor, dict[str, float]]:
+            chunks, nfes, passes = [], [], []
             with torch.no_grad():
                 for idx in index.split(args.batch_size):
                     chunks.append(model.generate(idx, labels[idx], sampling=cfg))
                     nfes.append(model.last_nfe)
-            return torch.cat(chunks), sum(nfes) / len(nfes)
+                    passes.append(model.last_network_passes)
+            return torch.cat(chunks), {"nfe": sum(nfes) / len(nfes), "network_passes": sum(passes) / len(passes)}
 
         settings = sample_settings(cfg, row.clip, row.threshold, row.weights, row.interval, model.guide_sha256)
-        samples, nfe, seconds = cached_samples(cached, settings, draw)
+        samples, counts, seconds = cached_samples(cached, settings, draw)
+        counts = counts if isinstance(counts, dict) else {"nfe": counts}  # files saved before passes were counted
         results.append({"setting": row.tag, "group": row.group, **settings, "samples_file": str(cached) if cached else None,
-                        "nfe": nfe, "sec_per_image": seconds,
+                        **counts, "sec_per_image": seconds,
                         **quality(extractor, judge, reference, to_unit_range(samples, model.value_range), labels, args.seed)})
         print(row.tag, {k: v for k, v in results[-1].items() if k != "sampling"}, flush=True)
         if grids:

@@ -160,7 +160,9 @@ class DDPMModule(GenerativeModule):
                              f"denoiser (num_classes={self.num_classes}) without a guide_checkpoint.")
         self.guidance_scale = guidance_scale
         self.guidance_interval = check_guidance_interval(guidance_interval)
-        self.last_nfe: int | None = None  # network evaluations per sample of the last generate()
+        self.last_nfe: int | None = None  # denoiser calls per sample of the last generate()
+        self.last_network_passes: int | None = None  # network passes per sample of it: a guided step costs two
+        self._passes = 0
         self.trained_guide: dict[str, Any] | None = None  # the guide a loaded checkpoint recorded (on_load_checkpoint)
 
     # ---- autoguidance ------------------------------------------------------------------------------
@@ -307,6 +309,7 @@ class DDPMModule(GenerativeModule):
         if not self.num_classes:
             labels = None
         guide = self._guide if self.uses_guide(autoguide) else None
+        self._passes += 1
         if labels is None and guide is None:
             return self(x, t, None, **kwargs)
         w: float | Tensor = guidance_scale
@@ -318,6 +321,7 @@ class DDPMModule(GenerativeModule):
             w = w.view(-1, *([1] * (x.ndim - 1)))
         if not isinstance(w, Tensor) and w == 0:
             return self(x, t, labels, **kwargs)
+        self._passes += 1  # the guiding branch: the guide model or the unconditional half of the batch
         if guide is not None:
             return autoguidance(self(x, t, labels, **kwargs), self._guide_prediction(x, t, labels, **kwargs), w)
         both = self(
@@ -368,6 +372,7 @@ class DDPMModule(GenerativeModule):
             kwargs: passed to the denoiser (e.g. ``cond`` images).
         """
         x = x_T if x_T is not None else self.process.prior_sample((n, *self.image_shape), generator, self.device)
+        self._passes = 0
         out = sampler.sample(self.denoise_fn(labels, guidance_scale, autoguide, guidance_interval, **kwargs), x,
                              generator, hooks)
         return SampleOutput(out.x.clamp(*self.value_range), out.nfe)
@@ -385,7 +390,7 @@ class DDPMModule(GenerativeModule):
             kwargs["hooks"] = (Progress(f"sampling {len(indices)} images"),)
         out = self.sample(len(indices), sampling.sampler, sampling.guidance_scale, gens, labels,
                           autoguide=bool(sampling.autoguide), guidance_interval=sampling.guidance_interval, **kwargs)
-        self.last_nfe = out.nfe
+        self.last_nfe, self.last_network_passes = out.nfe, self._passes
         return out.x
 
     @property
@@ -436,6 +441,7 @@ class DDPMModule(GenerativeModule):
     def provenance(self) -> dict[str, Any]:
         sampling = self.resolve_sampling(self.sampling, check=False)
         return {**super().provenance(), "sampling": sampling.describe(), "nfe": self.last_nfe,
+                "network_passes": self.last_network_passes,
                 "process": f"{type(self.process).__name__}({self.process.extra_repr()})",
                 "schedule": getattr(self.process, "schedule", None),
                 "num_timesteps": getattr(self.process, "num_timesteps", None), "prediction_type": self.prediction_type,

@@ -146,6 +146,7 @@ def test_sampling_guidance_interval_is_linked_into_the_model_and_overrides_it_pe
     assert module.guidance_interval == (1e8, 1e9) and tuple(module.hparams.guidance_interval) == (1e8, 1e9)
     assert module.provenance()["guidance_interval"] == (1e8, 1e9)
     assert module.provenance()["sampling"]["guidance_interval"] == [1e8, 1e9]
+    assert module.last_nfe == 5 and module.provenance()["network_passes"] == 5  # no step reached: no guiding pass
     run_cli(*common[:-2], "--sampling.guidance_scale", "0", "--predict_dir", "w0")
     never = np.load("never/samples_rank0.npz")["samples"]
     assert np.array_equal(never, np.load("w0/samples_rank0.npz")["samples"])
@@ -155,6 +156,11 @@ def test_sampling_guidance_interval_is_linked_into_the_model_and_overrides_it_pe
         indices = torch.arange(len(stored))
         everywhere = module.generate(indices, sampling.labels_for(indices, module.num_classes), sampling=sampling)
     assert same_samples(everywhere.cpu().numpy(), stored)
+    assert module.last_nfe == 5 and module.last_network_passes == 10  # every step guided: two passes each
+    with torch.no_grad():
+        module.generate(indices, sampling.labels_for(indices, module.num_classes),
+                        sampling=replace(sampling, guidance_interval=(0.0, 1.0)))
+    assert 5 < module.last_network_passes < 10  # DDIM-5's last steps lie below σ = 1, its first ones above
     with pytest.raises(ValueError, match="0 <= sigma_lo < sigma_hi"):
         module.resolve_sampling(replace(sampling, guidance_interval=(2.0, 1.0)))
 

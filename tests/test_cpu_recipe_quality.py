@@ -59,6 +59,7 @@ def test_benchmark_writes_its_result_and_rescores_saved_samples(tiny_mnist_model
     for tag, w in (("ddpm100-w0", 0.0), ("ddpm100-w1", 1.0)):
         row = rows[tag]
         assert row["nfe"] == 100 and row["sampling"]["guidance_scale"] == w and row["weights"] == "ema"
+        assert row["network_passes"] == (200 if w else 100)  # CFG's unconditional half is a second pass
         assert torch.isfinite(torch.tensor(row["classifier"]["fid"])) and 0.0 <= row["legible"] <= row["accuracy"] <= 1.0
         assert torch.load(row["samples_file"], weights_only=True)["samples"].shape == (20, 1, 12, 12)
         assert (tmp_path / "grids" / f"{tag}.png").stat().st_size > 0
@@ -84,3 +85,14 @@ def test_an_unknown_row_tag_is_refused_before_sampling(tiny_mnist_models, tmp_pa
                       "--num-samples", "20", "--groups", "ancestral", "--only", "ddpm100-w1,ddpm100-w7",
                       "--out", "typo.json")
     assert not (tmp_path / "typo.json").exists()
+
+
+def test_autoguided_interval_rows_guide_only_inside_the_interval(tiny_mnist_models, tmp_path, monkeypatch):
+    """Autoguidance limited to σ in (0.28, 5]: the guide runs at some steps, not all, and the row records both."""
+    config, ckpt, features = tiny_mnist_models
+    run_benchmark(monkeypatch, "--config", str(config), "--ckpt", str(ckpt), "--features", str(features),
+                  "--guide", str(ckpt), "--num-samples", "10", "--groups", "autoguidance",
+                  "--only", "ddpm100-w2-autoguide-int0.28-5", "--out", "interval.json")
+    row = json.loads((tmp_path / "interval.json").read_text())["rows"][1]
+    assert row["sampling"]["autoguide"] is True and row["guidance_interval"] == [0.28, 5.0] and row["guide_sha256"]
+    assert row["nfe"] == 100 and 100 < row["network_passes"] < 200  # T = 100, β up to 0.2: σ spans 0.01 to ~150
