@@ -20,7 +20,7 @@ from typing import Any, NoReturn, Optional, Sequence
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, Timer
+from lightning.pytorch.callbacks import BasePredictionWriter, Checkpoint, LearningRateMonitor, Timer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -129,6 +129,10 @@ class GenLabCLI(LightningCLI):
 
                 # Lightning still calls the legacy wandb.require("service"), a no-op that warns each time
                 wandb_require._Requires.require_service = lambda self: None
+        if not trainer.loggers and any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks):
+            # Lightning would stop at the first training step: the monitor has nowhere to log
+            trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
+            rank_zero_info("No logger (trainer.logger false): the config's LearningRateMonitor is left out.")
         # last.ckpt is written after every other callback's batch-end work (EMA's update above all)
         others = [cb for cb in trainer.callbacks if not isinstance(cb, (LastCheckpoint, Checkpoint))]
         trainer.callbacks = (others + [cb for cb in trainer.callbacks if isinstance(cb, LastCheckpoint)]

@@ -17,7 +17,7 @@ clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights; and
 respaced steps, the Heun probability-flow ODE with 25 steps), ``interval`` (DDPM-100 with guidance limited to
 noise levels σ in (0.28, 2.9] at w and 2w, and in (0.28, 5] and (0, 2.9] at w), ``autoguidance`` (DDPM-100 guided
 by the weaker model ``--guide`` instead of the unconditional branch, Karras et al. 2024, at w = 0.75, 1, 1.25, 1.5, 2, 3, 4;
-plus 50 and 200 steps at w = ``--w``, and at w = 1.5, 2, 3 guided only at σ in (0, 2.9] or (0.28, 5]).
+plus 50 and 200 steps at w = ``--w``, and at w = 1.5, 2, 2.5, 3 guided only at σ in (0, 2.9] or (0.28, 5]).
 Rows report NFE (denoiser calls per sample) and network passes (a guided call costs two; fewer in an interval).
 Writes a JSON result, a Markdown table, the FID-legibility frontier plot, and a 10 x 10 grid per row with ``--grids``.
 
@@ -83,7 +83,7 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
                  for g in (0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)]
         rows += [Row(f"ddpm{s}-w{w:g}-autoguide", "autoguidance", DDPMSampler(s), w, autoguide=True) for s in (50, 200)]
         rows += [Row(f"ddpm100-w{g:g}-autoguide-int{lo:g}-{hi:g}", "autoguidance", DDPMSampler(100), g, interval=(lo, hi),
-                     autoguide=True) for g in (1.5, 2.0, 3.0) for lo, hi in ((0.0, 2.9), (0.28, 5.0))]
+                     autoguide=True) for g in (1.5, 2.0, 2.5, 3.0) for lo, hi in ((0.0, 2.9), (0.28, 5.0))]
     if "causes" in groups:
         rows += [Row(f"ddim50-w{w:g}-noclip", "causes", DDIMSampler(50), w, clip=False),
                  Row(f"ddim50-w{w:g}-dynthresh", "causes", DDIMSampler(50), w, threshold=0.995),

@@ -18,6 +18,9 @@ def hardware() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu": _cpu_name(),
+        "cpu_family_model": _cpu_field("cpu family") + "/" + _cpu_field("model"),
+        # The SIMD path of torch's CPU kernels: trained weights and samples match bit for bit only on the same one
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -59,11 +62,17 @@ def sha256_of(path: str | os.PathLike | None) -> str | None:
     return h.hexdigest()
 
 
-def _cpu_name() -> str:
+def _cpu_field(key: str) -> str:
+    """The first ``key : value`` of /proc/cpuinfo ("" where there is none, as off Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            name, _, value = line.partition(":")
+            if name.strip() == key:
+                return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def _cpu_name() -> str:
+    return _cpu_field("model name") or platform.processor() or platform.machine()

@@ -74,6 +74,15 @@ def test_a_second_fit_gets_its_own_run_folder(tmp_path):
     assert resumed.trainer.default_root_dir.endswith("runs/twice")  # a resume continues in its own folder
 
 
+def test_training_without_a_logger_leaves_the_learning_rate_monitor_out(caplog):
+    caplog.set_level("INFO")
+    cli = run_cli("fit", "--config", str(TINY), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+                  "--trainer.logger", "false", "--trainer.callbacks+", "lightning.pytorch.callbacks.LearningRateMonitor")
+    assert cli.trainer.global_step == 2
+    assert not any(type(cb).__name__ == "LearningRateMonitor" for cb in cli.trainer.callbacks)
+    assert "LearningRateMonitor is left out" in caplog.text
+
+
 @pytest.mark.slow
 def test_the_cpu_recipe_budget_is_its_step_count_and_a_time_cap_says_so(capsys):
     cli = run_cli("fit", "--config", str(SWEEPS / "ddpm_mnist_cpu.yaml"), "--trainer.max_steps", "3",

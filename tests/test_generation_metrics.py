@@ -289,3 +289,19 @@ def test_speckle_counts_isolated_pixels_and_background_haze_exactly():
     assert speckle_stats(clean) == {"isolated_rate": 0.0, "haze": 0.0}
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         speckle_stats(clean * 2 - 1)
+
+
+def test_hardware_records_the_simd_path_that_decides_cpu_numerics():
+    """Weights trained under ATen's AVX2 and default kernels differ bit for bit, so a result says which ran."""
+    import subprocess
+    import sys
+
+    code = "from metrics.provenance import hardware; h = hardware(); print(h['cpu_capability'], h['cpu_family_model'])"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    forced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default"})
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.split()[0] == "DEFAULT"
+    from metrics.provenance import hardware
+
+    assert hardware()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
