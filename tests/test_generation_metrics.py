@@ -296,9 +296,10 @@ def test_hardware_records_the_simd_path_that_decides_cpu_numerics():
     import subprocess
     import sys
 
-    code = "from metrics.provenance import hardware; h = hardware(); print(h['cpu_capability'], h['cpu_family_model'])"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    forced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+    from conftest import ROOT
+
+    code = "from metrics.provenance import hardware; print(hardware()['cpu_capability'])"
+    forced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                             env={**os.environ, "ATEN_CPU_CAPABILITY": "default"})
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout.split()[0] == "DEFAULT"
