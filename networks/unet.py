@@ -24,12 +24,19 @@ def group_norm(channels: int, groups: int = 8) -> nn.GroupNorm:
 
 
 class ResnetUnit(nn.Module):
-    """GN-SiLU-Conv, + time embedding, GN-SiLU-Dropout-Conv, + 1×1 residual (seed 002 MidBlock resnet unit)."""
+    """GN-SiLU-Conv, + time embedding, GN-SiLU-Dropout-Conv, + 1×1 residual (seed 002 MidBlock resnet unit).
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, groups: int = 8) -> None:
+    ``scale_shift`` conditions by adaptive GroupNorm instead of addition: the embedding gives a per-channel
+    scale and shift of the second GroupNorm's output, h = GN(h)·(1 + s) + b (Dhariwal & Nichol 2021, §3, AdaGN),
+    so time and class modulate the features multiplicatively at the cost of one wider linear layer.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, groups: int = 8,
+                 scale_shift: bool = False) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.conv_first = nn.Sequential(group_norm(in_ch, groups), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
-        self.t_emb_layer = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+        self.t_emb_layer = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch if scale_shift else out_ch))
         self.conv_second = nn.Sequential(
             group_norm(out_ch, groups), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
         )
@@ -38,8 +45,15 @@ class ResnetUnit(nn.Module):
         self.residual_input_conv = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        h = self.conv_first(x) + self.t_emb_layer(emb)[:, :, None, None]
-        return self.conv_second(h) + self.residual_input_conv(x)
+        h = self.conv_first(x)
+        e = self.t_emb_layer(emb)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            norm, rest = self.conv_second[0], self.conv_second[1:]
+            h = rest(norm(h) * (1 + scale) + shift)
+        else:
+            h = self.conv_second(h + e)
+        return h + self.residual_input_conv(x)
 
 
 class SelfAttention(nn.Module):
@@ -62,11 +76,11 @@ class SelfAttention(nn.Module):
 class DownBlock(nn.Module):
     def __init__(
         self, in_ch: int, out_ch: int, emb_dim: int, num_layers: int, attention: bool, num_heads: int,
-        down_sample: bool, dropout: float, groups: int,
+        down_sample: bool, dropout: float, groups: int, scale_shift: bool = False,
     ) -> None:
         super().__init__()
         self.resnets = nn.ModuleList(
-            ResnetUnit(in_ch if i == 0 else out_ch, out_ch, emb_dim, dropout, groups) for i in range(num_layers)
+            ResnetUnit(in_ch if i == 0 else out_ch, out_ch, emb_dim, dropout, groups, scale_shift) for i in range(num_layers)
         )
         self.attentions = nn.ModuleList(
             SelfAttention(out_ch, num_heads, groups) if attention else nn.Identity() for _ in range(num_layers)
@@ -82,9 +96,10 @@ class DownBlock(nn.Module):
 class MidBlock(nn.Module):
     """resnet, then num_layers × [MHSA, resnet] (Listing 5.3)."""
 
-    def __init__(self, ch: int, emb_dim: int, num_layers: int, num_heads: int, dropout: float, groups: int) -> None:
+    def __init__(self, ch: int, emb_dim: int, num_layers: int, num_heads: int, dropout: float, groups: int,
+                 scale_shift: bool = False) -> None:
         super().__init__()
-        self.resnets = nn.ModuleList(ResnetUnit(ch, ch, emb_dim, dropout, groups) for _ in range(num_layers + 1))
+        self.resnets = nn.ModuleList(ResnetUnit(ch, ch, emb_dim, dropout, groups, scale_shift) for _ in range(num_layers + 1))
         self.attentions = nn.ModuleList(SelfAttention(ch, num_heads, groups) for _ in range(num_layers))
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
@@ -99,12 +114,12 @@ class UpBlock(nn.Module):
 
     def __init__(
         self, in_ch: int, skip_ch: int, out_ch: int, emb_dim: int, num_layers: int, attention: bool,
-        num_heads: int, up_sample: bool, dropout: float, groups: int,
+        num_heads: int, up_sample: bool, dropout: float, groups: int, scale_shift: bool = False,
     ) -> None:
         super().__init__()
         self.up_sample_conv = nn.ConvTranspose2d(in_ch, in_ch, 4, 2, 1) if up_sample else nn.Identity()
         self.resnets = nn.ModuleList(
-            ResnetUnit(in_ch + skip_ch if i == 0 else out_ch, out_ch, emb_dim, dropout, groups)
+            ResnetUnit(in_ch + skip_ch if i == 0 else out_ch, out_ch, emb_dim, dropout, groups, scale_shift)
             for i in range(num_layers)
         )
         self.attentions = nn.ModuleList(
@@ -133,6 +148,8 @@ class UNet(nn.Module):
         dropout: dropout inside the resnet units.
         groups: GroupNorm groups (seed 002: 8).
         cond_channels: > 0 adds seed 002's DiffuseVAE fusion convs for an image condition.
+        scale_shift: condition the resnet units by adaptive GroupNorm (scale and shift from the time/class
+            embedding) instead of adding the embedding (``ResnetUnit``).
     """
 
     def __init__(
@@ -148,6 +165,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         groups: int = 8,
         cond_channels: int = 0,
+        scale_shift: bool = False,
     ) -> None:
         super().__init__()
         channels = list(channels)
@@ -168,13 +186,13 @@ class UNet(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.downs = nn.ModuleList(
             DownBlock(channels[i], channels[i + 1], t_emb_dim, num_layers, attention[i], num_heads,
-                      down_sample[i], dropout, groups)
+                      down_sample[i], dropout, groups, scale_shift)
             for i in range(n_down)
         )
-        self.mid = MidBlock(channels[-1], t_emb_dim, num_layers, num_heads, dropout, groups)
+        self.mid = MidBlock(channels[-1], t_emb_dim, num_layers, num_heads, dropout, groups, scale_shift)
         self.ups = nn.ModuleList(
             UpBlock(channels[i + 1], channels[i], channels[i], t_emb_dim, num_layers, attention[i], num_heads,
-                    down_sample[i], dropout, groups)
+                    down_sample[i], dropout, groups, scale_shift)
             for i in reversed(range(n_down))
         )
         self.norm_out = group_norm(channels[0], groups)

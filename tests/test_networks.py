@@ -48,6 +48,28 @@ def test_class_labels_and_condition_images_change_the_output():
     assert not torch.allclose(base, net(x, t, torch.tensor([1, 1]), cond=torch.rand(2, 1, 16, 16)))
 
 
+def test_scale_shift_unit_is_adaptive_group_norm_and_starts_as_the_identity():
+    """AdaGN: the second GroupNorm's output is scaled by 1 + s and shifted by b, both from the embedding."""
+    from networks.unet import ResnetUnit
+
+    torch.manual_seed(0)
+    unit = ResnetUnit(8, 8, emb_dim=6, scale_shift=True)
+    x, emb = torch.randn(2, 8, 5, 5), torch.randn(2, 6)
+    assert torch.equal(unit(x, emb), x)  # zero-initialised last conv: a fresh unit passes x through
+    _perturbed(unit)
+    s, b = unit.t_emb_layer(emb)[:, :, None, None].chunk(2, dim=1)
+    norm, act, _, conv = unit.conv_second
+    expected = conv(act(norm(unit.conv_first(x)) * (1 + s) + b)) + x
+    assert torch.allclose(unit.eval()(x, emb), expected, atol=1e-6)
+    additive = ResnetUnit(8, 8, emb_dim=6)
+    assert unit.t_emb_layer[1].out_features == 2 * additive.t_emb_layer[1].out_features
+    net = _perturbed(TinyUNet(channels=(8, 16), t_emb_dim=16, num_classes=10, scale_shift=True))
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 10])
+    assert net(x, t, torch.tensor([1, 1])).shape == x.shape
+    assert not torch.allclose(net(x, t, torch.tensor([1, 1])), net(x, t, torch.tensor([2, 2])))
+    assert all(m.scale_shift for m in net.modules() if isinstance(m, ResnetUnit))
+
+
 def test_timestep_embedding_accepts_integers_and_is_cos_sin():
     e = timestep_embedding(torch.tensor([0, 5]), 8)
     assert e.shape == (2, 8)
