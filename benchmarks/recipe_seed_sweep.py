@@ -1,0 +1,207 @@
+"""Training-seed spread of a recipe and its variants: train each (variant, seed) with ``cli.py fit``, score it.
+
+A single training seed moves the CPU recipes' FID by about as much as most changes do (docs/benchmarks.md), so a
+variant is only better when it wins over several seeds. This script trains every variant at every seed with the
+real CLI (``--seed_everything``, ``--run_name``, the variant's own overrides), runs several jobs at once
+(``--parallel``; on a GPU they share the card), scores each final EMA checkpoint with
+``benchmarks/cpu_recipe_quality.py`` (the rows in ``--rows``) and reports, per variant and row, the mean and
+standard deviation of FID, KID and legibility over seeds. The result JSON is rewritten after every job, so a run
+stopped at ``--deadline-s`` keeps what finished; jobs not started by then are listed as skipped. Run it from the
+repository root, like ``cli.py``: job ``(variant, seed)`` writes ``runs/sweep_<variant>_s<seed>/`` (checkpoints,
+CSV logs, ``train.log``, ``score.log``, ``quality.json``) and fails rather than overwrite a folder that has files.
+
+    python benchmarks/recipe_seed_sweep.py --config sweeps/ddpm_fashion_mnist_cpu.yaml \\
+        --features runs/features_fashion_mnist/checkpoints/last.ckpt --seeds 2025,2026 \\
+        --variant recipe "" --variant adagn "--model.init_args.denoiser.init_args.scale_shift true" \\
+        --out docs/benchmarks/recipe_seed_sweep_fashion_mnist.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import write_result  # noqa: E402
+from metrics.provenance import hardware, software  # noqa: E402
+
+
+@dataclass
+class Job:
+    """One training run of one variant at one seed, and its scores."""
+
+    variant: str
+    seed: int
+    overrides: list[str]
+    status: str = "pending"
+    train_seconds: float | None = None
+    score_seconds: float | None = None
+    checkpoint_sha256: str | None = None
+    rows: dict[str, dict] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def run_name(self) -> str:
+        return f"sweep_{self.variant}_s{self.seed}"
+
+
+def parse_variants(specs: list[list[str]], seeds: list[int]) -> list[Job]:
+    """``--variant NAME ARGS [SEEDS]`` → jobs ordered seed-major, so every variant gets its first seeds first."""
+    variants = []
+    for spec in specs:
+        if len(spec) not in (2, 3):
+            raise SystemExit(f"--variant takes NAME ARGS [SEEDS], got {spec}")
+        name, args = spec[0], shlex.split(spec[1])
+        own = [int(s) for s in spec[2].split(",")] if len(spec) == 3 else seeds
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise SystemExit(f"--variant name {name!r}: use letters, digits, '-' and '_' (it names the run folder)")
+        variants.append((name, args, own))
+    order = dict.fromkeys(s for _, _, own in variants for s in own)  # seeds in order of first mention
+    return [Job(name, seed, args) for seed in order for name, args, own in variants if seed in own]
+
+
+def run(cmd: list[str], log: Path, env: dict, timeout: float) -> float:
+    """Run ``cmd`` with its output in ``log``; the seconds it took. Raises with the log's tail when it fails."""
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=max(1.0, timeout))
+    if proc.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-15:]
+        raise RuntimeError(f"{' '.join(cmd[:3])} exited {proc.returncode}:\n" + "\n".join(tail))
+    return time.perf_counter() - start
+
+
+def summarise(jobs: list[Job]) -> dict:
+    """Mean and sample standard deviation over seeds of each variant's row metrics."""
+    out: dict[str, dict] = {}
+    for job in jobs:
+        for row, r in job.rows.items():
+            out.setdefault(job.variant, {}).setdefault(row, {"seeds": [], "fid": [], "kid": [], "legible": []})
+            acc = out[job.variant][row]
+            acc["seeds"].append(job.seed)
+            acc["fid"].append(r["fid"])
+            acc["kid"].append(r["kid"])
+            acc["legible"].append(r["legible"])
+    for rows in out.values():
+        for acc in rows.values():
+            for key in ("fid", "kid", "legible"):
+                values = acc[key]
+                acc[f"{key}_mean"] = statistics.fmean(values)
+                acc[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="the recipe, e.g. sweeps/ddpm_fashion_mnist_cpu.yaml")
+    ap.add_argument("--features", required=True, help="FeatureClassifierModule checkpoint (FID features, judge)")
+    ap.add_argument("--judge", default=None, help="legibility judge (default: --features)")
+    ap.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME ARGS [SEEDS]",
+                    help='a name, the cli.py overrides as one string ("" for the recipe), optional comma seeds')
+    ap.add_argument("--seeds", default="2025,2026", help="training seeds of variants that name none")
+    ap.add_argument("--rows", default="ddpm100-w0.75", help="cpu_recipe_quality.py ancestral rows to score")
+    ap.add_argument("--num-samples", type=int, default=1000)
+    ap.add_argument("--accelerator", default="cpu", help="trainer.accelerator of every job, and where it samples")
+    ap.add_argument("--parallel", type=int, default=1, help="jobs at once")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / parallel)")
+    ap.add_argument("--deadline-s", type=float, default=None, help="start no job after this many seconds, and stop "
+                                                                   "running ones at 1.4 times it")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    jobs = parse_variants(args.variant, [int(s) for s in args.seeds.split(",")])
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.parallel)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
+    device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"
+    start = time.perf_counter()
+    hard_stop = 1.4 * args.deadline_s if args.deadline_s is not None else 10 ** 9
+    cache = Path("runs") / "feature_cache"
+
+    def save() -> None:
+        write_result(args.out, {
+            "what": "training-seed spread of a recipe and its variants; each job trained by cli.py fit, its final "
+                    "EMA weights scored by benchmarks/cpu_recipe_quality.py",
+            "command": " ".join(shlex.quote(a) for a in sys.argv), "config": args.config, "rows": args.rows,
+            "num_samples": args.num_samples, "sampling_seed": 0, "accelerator": args.accelerator,
+            "parallel": args.parallel, "threads_per_job": threads, "features": args.features,
+            "judge": args.judge or args.features, "elapsed_seconds": time.perf_counter() - start,
+            "summary": summarise(jobs), "jobs": [asdict(j) | {"run_name": j.run_name} for j in jobs],
+            "software": software(), "hardware": hardware(),
+        }, echo=False)
+
+    def work(job: Job) -> None:
+        if args.deadline_s is not None and time.perf_counter() - start >= args.deadline_s:
+            job.status = "skipped: deadline"
+            return
+        run_dir = Path("runs") / job.run_name
+        if run_dir.exists() and any(run_dir.iterdir()):  # never overwrite a run, finished or not
+            job.status, job.error = "failed", f"{run_dir} already holds files: move it, or give the variant another name"
+            print(f"{job.run_name}: {job.error}", flush=True)
+            save()
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        left = lambda: hard_stop - (time.perf_counter() - start)  # noqa: E731
+        try:
+            job.status = "training"
+            job.train_seconds = run([sys.executable, str(ROOT / "cli.py"), "fit", "--config", args.config,
+                                     "--seed_everything", str(job.seed), "--run_name", job.run_name,
+                                     "--trainer.default_root_dir", str(run_dir),
+                                     "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false",
+                                     "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+                                     "--trainer.logger.save_dir", str(run_dir), *job.overrides],
+                                    run_dir / "train.log", env, left())
+            ckpt = run_dir / "checkpoints" / "last.ckpt"
+            if not ckpt.is_file():
+                raise RuntimeError(f"training wrote no {ckpt}: the config's checkpoint callback must write "
+                                   "<trainer.default_root_dir>/checkpoints/last.ckpt (callbacks.LastCheckpoint does)")
+            job.status = "scoring"
+            job_cache = run_dir / "feature_cache"  # one per job: parallel scorers never write the same cache file
+            if cache.is_dir():
+                shutil.copytree(cache, job_cache)
+            else:
+                job_cache.mkdir()
+            quality = run_dir / "quality.json"
+            cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_recipe_quality.py"), "--config", args.config, "--ckpt", str(ckpt),
+                   "--features", args.features, "--groups", "ancestral", "--only", args.rows,
+                   "--num-samples", str(args.num_samples), "--device", device, "--cache-dir", str(job_cache),
+                   "--out", str(quality)]
+            job.score_seconds = run(cmd + (["--judge", args.judge] if args.judge else []), run_dir / "score.log", env, left())
+            result = json.loads(quality.read_text())
+            job.checkpoint_sha256 = result["checkpoint"]["sha256"]
+            for row in result["rows"]:
+                if row["group"] != "floor":
+                    job.rows[row["setting"]] = {"fid": row["classifier"]["fid"], "kid": row["classifier"]["kid"],
+                                                "legible": row["legible"], "accuracy": row["accuracy"],
+                                                "speckle": row["speckle"]["isolated_rate"],
+                                                "network_passes": row.get("network_passes")}
+            job.status = "done"
+        except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as exc:
+            job.status, job.error = "failed", str(exc)[-2000:]
+        finally:
+            print(f"[{time.perf_counter() - start:6.0f}s] {job.run_name}: {job.status} {job.rows or job.error or ''}", flush=True)
+            save()
+
+    save()
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(work, jobs))
+    save()
+    for variant, rows in summarise(jobs).items():
+        for row, s in rows.items():
+            print(f"{variant:>16} {row}: FID {s['fid_mean']:.3f} ± {s['fid_sd'] or 0:.3f}, "
+                  f"legible {s['legible_mean']:.3f} ± {s['legible_sd'] or 0:.3f}  (seeds {s['seeds']})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The training-seed sweep benchmark: job order, its statistics, and a real two-variant sweep on tiny models that
+trains, scores, records, and never overwrites an earlier run."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, TINY, run_cli
+from test_cpu_recipe_quality import TINY_FEATURES, on_mnist
+from test_datamodules import make_fake_mnist
+
+from benchmarks.recipe_seed_sweep import Job, parse_variants, summarise
+
+SWEEP = ROOT / "benchmarks" / "recipe_seed_sweep.py"
+
+
+def test_jobs_run_seed_major_with_each_variants_own_seeds_and_overrides():
+    jobs = parse_variants([["recipe", ""], ["wide", "--model.init_args.p_uncond 0.2", "2,7"]], seeds=[1, 2])
+    assert [(j.variant, j.seed) for j in jobs] == [("recipe", 1), ("recipe", 2), ("wide", 2), ("wide", 7)]
+    assert jobs[2].overrides == ["--model.init_args.p_uncond", "0.2"] and jobs[0].overrides == []
+    assert jobs[3].run_name == "sweep_wide_s7"
+    with pytest.raises(SystemExit, match="names the run folder"):
+        parse_variants([["p/0.2", ""]], seeds=[1])
+    with pytest.raises(SystemExit, match="NAME ARGS"):
+        parse_variants([["lonely"]], seeds=[1])
+
+
+def test_summary_is_the_mean_and_sample_deviation_over_seeds():
+    jobs = [Job("a", s, [], rows={"r": {"fid": f, "kid": k, "legible": g}})
+            for s, f, k, g in ((1, 0.4, 0.001, 0.7), (2, 0.6, 0.003, 0.8), (3, 0.5, 0.002, 0.9))]
+    s = summarise(jobs + [Job("b", 1, [], rows={"r": {"fid": 1.0, "kid": 0.0, "legible": 0.5}})])
+    assert s["a"]["r"]["seeds"] == [1, 2, 3]
+    assert s["a"]["r"]["fid_mean"] == pytest.approx(0.5) and s["a"]["r"]["fid_sd"] == pytest.approx(0.1)
+    assert s["a"]["r"]["legible_sd"] == pytest.approx(statistics.stdev([0.7, 0.8, 0.9]))
+    assert s["b"]["r"]["fid_mean"] == 1.0 and s["b"]["r"]["fid_sd"] is None  # one seed has no spread
+
+
+@pytest.mark.slow
+def test_a_two_variant_sweep_trains_scores_and_keeps_earlier_runs(tmp_path, monkeypatch):
+    make_fake_mnist(tmp_path / "data" / "MNIST" / "raw", n_train=48, n_test=30)
+    run_cli("fit", "--config", str(on_mnist(TINY_FEATURES, tmp_path / "features.yaml")), "--trainer.max_epochs", "1")
+    config = on_mnist(TINY, tmp_path / "ddpm.yaml", num_timesteps=100)
+    tiny = yaml.safe_load(config.read_text())  # checkpoints under each job's own folder, as in the CPU recipes
+    tiny["trainer"]["callbacks"] = [c for c in tiny["trainer"]["callbacks"] if "ModelCheckpoint" not in c["class_path"]]
+    tiny["trainer"]["callbacks"].append({"class_path": "callbacks.LastCheckpoint"})
+    config.write_text(yaml.safe_dump(tiny))
+    features = tmp_path / "features" / "checkpoints" / "last.ckpt"
+    cmd = [sys.executable, str(SWEEP), "--config", str(config), "--features", str(features), "--seeds", "3",
+           "--variant", "base", "", "--variant", "drop", "--model.init_args.p_uncond 0.5", "--num-samples", "10",
+           "--rows", "ddpm100-w0", "--out", "sweep.json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    jobs = {j["variant"]: j for j in result["jobs"]}
+    assert [j["status"] for j in result["jobs"]] == ["done", "done"], [j["error"] for j in result["jobs"]]
+    assert jobs["base"]["checkpoint_sha256"] != jobs["drop"]["checkpoint_sha256"]  # the override changed training
+    for variant in ("base", "drop"):
+        row = result["summary"][variant]["ddpm100-w0"]
+        assert row["seeds"] == [3] and row["fid_mean"] >= 0.0 and 0.0 <= row["legible_mean"] <= 1.0
+        assert (tmp_path / "runs" / f"sweep_{variant}_s3" / "checkpoints" / "last.ckpt").is_file()
+
+    ckpt = tmp_path / "runs" / "sweep_base_s3" / "checkpoints" / "last.ckpt"
+    before = ckpt.stat().st_mtime_ns
+    again = subprocess.run(cmd[:-1] + ["again.json"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0
+    statuses = [(j["status"], j["error"]) for j in json.loads((tmp_path / "again.json").read_text())["jobs"]]
+    assert all(s == "failed" and "already holds files" in e for s, e in statuses)
+    assert ckpt.stat().st_mtime_ns == before
+
+    late = subprocess.run(cmd[:-1] + ["late.json", "--deadline-s", "0"], capture_output=True, text=True, timeout=120)
+    assert [j["status"] for j in json.loads((tmp_path / "late.json").read_text())["jobs"]] == ["skipped: deadline"] * 2
+    assert late.returncode == 0
