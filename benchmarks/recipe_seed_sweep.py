@@ -26,6 +26,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -128,18 +129,20 @@ def main() -> None:
     start = time.perf_counter()
     hard_stop = 1.4 * args.deadline_s if args.deadline_s is not None else 10 ** 9
     cache = Path("runs") / "feature_cache"
+    writing = threading.Lock()  # jobs finish on several threads; one writes the result file at a time
 
     def save() -> None:
-        write_result(args.out, {
-            "what": "training-seed spread of a recipe and its variants; each job trained by cli.py fit, its final "
-                    "EMA weights scored by benchmarks/cpu_recipe_quality.py",
-            "command": " ".join(shlex.quote(a) for a in sys.argv), "config": args.config, "rows": args.rows,
-            "num_samples": args.num_samples, "sampling_seed": 0, "accelerator": args.accelerator,
-            "parallel": args.parallel, "threads_per_job": threads, "features": args.features,
-            "judge": args.judge or args.features, "elapsed_seconds": time.perf_counter() - start,
-            "summary": summarise(jobs), "jobs": [asdict(j) | {"run_name": j.run_name} for j in jobs],
-            "software": software(), "hardware": hardware(),
-        }, echo=False)
+        with writing:
+            write_result(args.out, {
+                "what": "training-seed spread of a recipe and its variants; each job trained by cli.py fit, its final "
+                        "EMA weights scored by benchmarks/cpu_recipe_quality.py",
+                "command": " ".join(shlex.quote(a) for a in sys.argv), "config": args.config, "rows": args.rows,
+                "num_samples": args.num_samples, "sampling_seed": 0, "accelerator": args.accelerator,
+                "parallel": args.parallel, "threads_per_job": threads, "features": args.features,
+                "judge": args.judge or args.features, "elapsed_seconds": time.perf_counter() - start,
+                "summary": summarise(jobs), "jobs": [asdict(j) | {"run_name": j.run_name} for j in jobs],
+                "software": software(), "hardware": hardware(),
+            }, echo=False)
 
     def work(job: Job) -> None:
         if args.deadline_s is not None and time.perf_counter() - start >= args.deadline_s:
