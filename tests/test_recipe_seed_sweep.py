@@ -3,6 +3,7 @@ trains, scores, records, and never overwrites an earlier run."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import subprocess
@@ -14,7 +15,7 @@ from conftest import ROOT, TINY, run_cli
 from test_cpu_recipe_quality import TINY_FEATURES, on_mnist
 from test_datamodules import make_fake_mnist
 
-from benchmarks.recipe_seed_sweep import Job, parse_variants, summarise
+from benchmarks.recipe_seed_sweep import Job, parse_variants, score_command, summarise
 
 SWEEP = ROOT / "benchmarks" / "recipe_seed_sweep.py"
 
@@ -38,6 +39,27 @@ def test_summary_is_the_mean_and_sample_deviation_over_seeds():
     assert s["a"]["r"]["fid_mean"] == pytest.approx(0.5) and s["a"]["r"]["fid_sd"] == pytest.approx(0.1)
     assert s["a"]["r"]["legible_sd"] == pytest.approx(statistics.stdev([0.7, 0.8, 0.9]))
     assert s["b"]["r"]["fid_mean"] == 1.0 and s["b"]["r"]["fid_sd"] is None  # one seed has no spread
+
+
+def test_autoguided_rows_are_scored_with_the_jobs_own_guide(tmp_path):
+    def args(rows, **kw):
+        return argparse.Namespace(config="c.yaml", features="f.ckpt", judge=kw.get("judge"), rows=rows,
+                                  groups=kw.get("groups", "ancestral"), num_samples=10,
+                                  extra_reference=kw.get("extra_reference"))
+
+    run_dir = tmp_path / "sweep_a_s1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    plain = score_command(args("ddpm100-w0.75"), run_dir, "cpu", tmp_path / "cache", tmp_path / "q.json")
+    assert "--guide" not in plain and "--judge" not in plain and "--extra-reference" not in plain
+    assert plain[plain.index("--ckpt") + 1] == str(run_dir / "checkpoints" / "last.ckpt")
+    with pytest.raises(RuntimeError, match="GuideSnapshot"):  # an autoguided row without the run's snapshot
+        score_command(args("ddpm100-w1.5-autoguide"), run_dir, "cpu", tmp_path / "cache", tmp_path / "q.json")
+    (run_dir / "checkpoints" / "guide.ckpt").write_bytes(b"")
+    cmd = score_command(args("ddpm100-w0,ddpm100-w1.5-autoguide", judge="j.ckpt", groups="ancestral,autoguidance",
+                             extra_reference="npm"), run_dir, "cpu", tmp_path / "cache", tmp_path / "q.json")
+    assert cmd[cmd.index("--guide") + 1] == str(run_dir / "checkpoints" / "guide.ckpt")
+    assert cmd[cmd.index("--groups") + 1] == "ancestral,autoguidance"
+    assert cmd[cmd.index("--judge") + 1] == "j.ckpt" and cmd[cmd.index("--extra-reference") + 1] == "npm"
 
 
 @pytest.mark.slow
