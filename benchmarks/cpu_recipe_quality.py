@@ -10,7 +10,7 @@ For one class-conditional DDPM checkpoint (``sweeps/ddpm_{mnist,fashion_mnist}_c
 - speckle and haze of the background (``metrics.speckle``; ~0 on real data);
 - NFE and seconds per image.
 
-Row groups (``--groups``): ``guidance`` (w = 0, 0.5, 1, 2, 3 at DDIM-50), ``ancestral`` (the same w, 0.75 and 1.5 at DDPM
+Row groups (``--groups``): ``guidance`` (w = 0, 0.5, 1, 2, 3 at DDIM-50), ``ancestral`` (the same w, 0.25, 0.75 and 1.5 at DDPM
 ancestral sampling with 100 respaced steps, plus 50 and 200 steps at w = ``--w``, and 100 steps at w = ``--w`` with
 the upper-bound variance σ_t² = β_t instead of the posterior's β̃_t: tag ``-beta``), ``steps (DDIM 10/20/50/100 under
 leading and trailing spacing at w = ``--w``), ``causes`` (the speckle suspects at DDIM-50, w = ``--w``: x̂_0
@@ -71,7 +71,7 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
     if "guidance" in groups:
         rows += [Row(f"ddim50-w{g:g}", "guidance", DDIMSampler(50), g) for g in (0.0, 0.5, 1.0, 2.0, 3.0)]
     if "ancestral" in groups:
-        rows += [Row(f"ddpm100-w{g:g}", "ancestral", DDPMSampler(100), g) for g in (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)]
+        rows += [Row(f"ddpm100-w{g:g}", "ancestral", DDPMSampler(100), g) for g in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)]
         rows += [Row(f"ddpm{s}-w{w:g}", "ancestral", DDPMSampler(s), w) for s in (50, 200)]
         rows += [Row(f"ddpm100-w{w:g}-beta", "ancestral", DDPMSampler(100, variance="beta"), w)]  # σ_t² = β_t, the upper bound
     if "steps" in groups:

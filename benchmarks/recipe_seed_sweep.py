@@ -39,10 +39,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import write_result  # noqa: E402
+from benchmarks.cpu_recipe_quality import rows_for  # noqa: E402
 from metrics.provenance import hardware, software  # noqa: E402
 
 
@@ -89,6 +92,26 @@ def run(cmd: list[str], log: Path, env: dict, timeout: float) -> float:
         tail = log.read_text().strip().splitlines()[-15:]
         raise RuntimeError(f"{' '.join(cmd[:3])} exited {proc.returncode}:\n" + "\n".join(tail))
     return time.perf_counter() - start
+
+
+def guidance_of(config: str, overrides: list[str]) -> float:
+    """The CFG weight a job samples with by default: its own ``--sampling.guidance_scale``, else the config's
+    ``sampling.guidance_scale``, else 1.0 (a class-conditional model's default). Rows such as ``ddpm200-w<w>``
+    are named by it."""
+    for i, arg in enumerate(overrides):
+        if arg.startswith("--sampling.guidance_scale="):
+            return float(arg.split("=", 1)[1])
+        if arg == "--sampling.guidance_scale" and i + 1 < len(overrides):
+            return float(overrides[i + 1])
+    sampling = (yaml.safe_load(Path(config).read_text()) or {}).get("sampling") or {}
+    return float(sampling.get("guidance_scale", 1.0))
+
+
+def unknown_rows(rows: list[str], groups: list[str], weights: set[float]) -> list[str]:
+    """The ``--rows`` that ``--groups`` holds at none of the jobs' weights: the scorer would refuse them, but only
+    after training, so the sweep refuses them first."""
+    known = {row.tag for w in weights for row in rows_for(groups, w)}
+    return [row for row in rows if row not in known]
 
 
 def score_command(args: argparse.Namespace, run_dir: Path, device: str, cache: Path, out: Path) -> list[str]:
@@ -156,6 +179,13 @@ def main() -> None:
     args = ap.parse_args()
 
     jobs = parse_variants(args.variant, [int(s) for s in args.seeds.split(",")])
+    groups, weights = args.groups.split(","), {guidance_of(args.config, job.overrides) for job in jobs}
+    bad = unknown_rows(args.rows.split(","), groups, weights)
+    if bad:
+        known = ", ".join(dict.fromkeys(row.tag for w in sorted(weights) for row in rows_for(groups, w)))
+        raise SystemExit(f"--rows {','.join(bad)}: --groups {args.groups} has no such row at the jobs' guidance weight "
+                         f"({', '.join(f'{w:g}' for w in sorted(weights))}); add the group that holds it, or pick "
+                         f"from: {known}. Nothing was trained.")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
     device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"

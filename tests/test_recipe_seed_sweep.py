@@ -15,7 +15,7 @@ from conftest import ROOT, TINY, run_cli
 from test_cpu_recipe_quality import TINY_FEATURES, on_mnist
 from test_datamodules import make_fake_mnist
 
-from benchmarks.recipe_seed_sweep import Job, parse_variants, score_command, summarise
+from benchmarks.recipe_seed_sweep import Job, guidance_of, parse_variants, score_command, summarise, unknown_rows
 
 SWEEP = ROOT / "benchmarks" / "recipe_seed_sweep.py"
 
@@ -60,6 +60,28 @@ def test_autoguided_rows_are_scored_with_the_jobs_own_guide(tmp_path):
     assert cmd[cmd.index("--guide") + 1] == str(run_dir / "checkpoints" / "guide.ckpt")
     assert cmd[cmd.index("--groups") + 1] == "ancestral,autoguidance"
     assert cmd[cmd.index("--judge") + 1] == "j.ckpt" and cmd[cmd.index("--extra-reference") + 1] == "npm"
+
+
+def test_rows_the_groups_lack_are_refused_before_any_training(tmp_path, monkeypatch):
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump({"sampling": {"guidance_scale": 0.75}}))
+    assert guidance_of(str(config), []) == 0.75
+    assert guidance_of(str(config), ["--sampling.guidance_scale", "0.5"]) == 0.5
+    assert guidance_of(str(config), ["--sampling.guidance_scale=2"]) == 2.0
+    (tmp_path / "bare.yaml").write_text("model: {}\n")
+    assert guidance_of(str(tmp_path / "bare.yaml"), []) == 1.0
+    # ddpm200-w<w> is named by the weight; an autoguided row needs its group
+    assert unknown_rows(["ddpm100-w0.5", "ddpm200-w0.75"], ["ancestral"], {0.75}) == []
+    assert unknown_rows(["ddpm200-w0.75", "ddpm100-w1.5-autoguide"], ["ancestral"], {0.5}) == [
+        "ddpm200-w0.75", "ddpm100-w1.5-autoguide"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["recipe_seed_sweep.py", "--config", str(config), "--features", "f.ckpt",
+                                      "--rows", "ddpm100-w0.5,ddpm100-w1.5-autoguide", "--variant", "a", "",
+                                      "--out", "sweep.json"])
+    from benchmarks import recipe_seed_sweep
+    with pytest.raises(SystemExit, match="ddpm100-w1.5-autoguide: --groups ancestral has no such row.*Nothing"):
+        recipe_seed_sweep.main()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "sweep.json").exists()
 
 
 @pytest.mark.slow
