@@ -107,10 +107,15 @@ def guidance_of(config: str, overrides: list[str]) -> float:
     return float(sampling.get("guidance_scale", 1.0))
 
 
+def known_rows(groups: list[str], weights: set[float]) -> list[str]:
+    """The row tags ``--groups`` holds at the jobs' guidance weights, in the scorer's order."""
+    return list(dict.fromkeys(row.tag for w in sorted(weights) for row in rows_for(groups, w)))
+
+
 def unknown_rows(rows: list[str], groups: list[str], weights: set[float]) -> list[str]:
     """The ``--rows`` that ``--groups`` holds at none of the jobs' weights: the scorer would refuse them, but only
     after training, so the sweep refuses them first."""
-    known = {row.tag for w in weights for row in rows_for(groups, w)}
+    known = set(known_rows(groups, weights))
     return [row for row in rows if row not in known]
 
 
@@ -182,10 +187,9 @@ def main() -> None:
     groups, weights = args.groups.split(","), {guidance_of(args.config, job.overrides) for job in jobs}
     bad = unknown_rows(args.rows.split(","), groups, weights)
     if bad:
-        known = ", ".join(dict.fromkeys(row.tag for w in sorted(weights) for row in rows_for(groups, w)))
         raise SystemExit(f"--rows {','.join(bad)}: --groups {args.groups} has no such row at the jobs' guidance weight "
                          f"({', '.join(f'{w:g}' for w in sorted(weights))}); add the group that holds it, or pick "
-                         f"from: {known}. Nothing was trained.")
+                         f"from: {', '.join(known_rows(groups, weights))}. Nothing was trained.")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "WANDB_MODE": "disabled"}
     device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"
