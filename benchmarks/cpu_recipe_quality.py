@@ -16,7 +16,8 @@ the upper-bound variance σ_t² = β_t instead of the posterior's β̃_t: tag ``
 leading and trailing spacing at w = ``--w``), ``causes`` (the speckle suspects at DDIM-50, w = ``--w``: x̂_0
 clipping off, dynamic thresholding at p = 0.995, raw instead of EMA weights; and DDPM ancestral with 100
 respaced steps, the Heun probability-flow ODE with 25 steps), ``interval`` (DDPM-100 with guidance limited to
-noise levels σ in (0.28, 2.9] at w and 2w, and in (0.28, 5] and (0, 2.9] at w), ``autoguidance`` (DDPM-100 guided
+noise levels σ in (0.28, 2.9] at w and 2w, and in (0.28, 5], (0, 2.9], (0.5, 2.9] and (0.28, 1.5] at w; and
+(0.28, 2.9] at w under trailing and linspace step spacing instead of leading), ``autoguidance`` (DDPM-100 guided
 by the weaker model ``--guide`` instead of the unconditional branch, Karras et al. 2024, at w = 0.75, 1, 1.25, 1.5, 2, 3, 4;
 plus 50 and 200 steps at w = ``--w``, and at w = 1.5, 2, 2.5, 3 guided only at σ in (0, 2.9] or (0.28, 5]).
 Rows report NFE (denoiser calls per sample) and network passes (a guided call costs two; fewer in an interval).
@@ -79,7 +80,10 @@ def rows_for(groups: list[str], w: float) -> list[Row]:
                  for sp in ("leading", "trailing") for s in (10, 20, 50, 100)]
     if "interval" in groups:  # guidance only at mid noise levels (Kynkäänniemi et al. 2024), DDPM-100
         rows += [Row(f"ddpm100-w{g:g}-int{lo:g}-{hi:g}", "interval", DDPMSampler(100), g, interval=(lo, hi))
-                 for g, (lo, hi) in ((w, (0.28, 2.9)), (2 * w, (0.28, 2.9)), (w, (0.28, 5.0)), (w, (0.0, 2.9)))]
+                 for g, (lo, hi) in ((w, (0.28, 2.9)), (2 * w, (0.28, 2.9)), (w, (0.28, 5.0)), (w, (0.0, 2.9)),
+                                     (w, (0.5, 2.9)), (w, (0.28, 1.5)))]
+        rows += [Row(f"ddpm100-w{w:g}-int0.28-2.9-{sp}", "interval", DDPMSampler(100, spacing=sp), w, interval=(0.28, 2.9))
+                 for sp in ("trailing", "linspace")]
     if "autoguidance" in groups:  # the --guide model in place of the unconditional branch (Karras et al. 2024)
         rows += [Row(f"ddpm100-w{g:g}-autoguide", "autoguidance", DDPMSampler(100), g, autoguide=True)
                  for g in (0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0)]

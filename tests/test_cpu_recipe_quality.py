@@ -4,6 +4,7 @@ sampling again, and a mistyped row tag is refused before anything is drawn."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -96,3 +97,20 @@ def test_autoguided_interval_rows_guide_only_inside_the_interval(tiny_mnist_mode
     row = json.loads((tmp_path / "interval.json").read_text())["rows"][1]
     assert row["sampling"]["autoguide"] is True and row["guidance_interval"] == [0.28, 5.0] and row["guide_sha256"]
     assert row["nfe"] == 100 and 100 < row["network_passes"] < 200  # T = 100, β up to 0.2: σ spans 0.01 to ~150
+
+
+def test_spacing_rows_sample_on_their_own_grid_and_are_saved_apart(tiny_mnist_models, tmp_path, monkeypatch):
+    """The trailing-spacing interval row draws other samples than the leading one from the same noise, records its
+    spacing, and keeps its own saved-samples file (the cache key includes the sampler's arguments)."""
+    _, ckpt, features = tiny_mnist_models
+    config = on_mnist(TINY, tmp_path / "ddpm200.yaml", num_timesteps=200)  # T > 100: DDPM-100 respaces
+    shutil.rmtree(ckpt.parents[1])  # the fixture's T = 100 run; its last.ckpt would survive beside last-v1.ckpt
+    run_cli("fit", "--config", str(config), "--trainer.enable_progress_bar", "false")
+    run_benchmark(monkeypatch, "--config", str(config), "--ckpt", str(ckpt), "--features", str(features),
+                  "--num-samples", "10", "--groups", "interval", "--w", "1", "--samples-dir", "samples",
+                  "--only", "ddpm100-w1-int0.28-2.9,ddpm100-w1-int0.28-2.9-trailing", "--out", "spacing.json")
+    leading, trailing = json.loads((tmp_path / "spacing.json").read_text())["rows"][1:]
+    assert leading["sampling"]["sampler"]["spacing"] == "leading" and trailing["sampling"]["sampler"]["spacing"] == "trailing"
+    assert trailing["guidance_interval"] == [0.28, 2.9] and leading["samples_file"] != trailing["samples_file"]
+    first, second = (torch.load(row["samples_file"], weights_only=True)["samples"] for row in (leading, trailing))
+    assert first.shape == second.shape and not torch.equal(first, second)
