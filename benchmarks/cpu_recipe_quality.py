@@ -46,6 +46,7 @@ from diffusion import DDIMSampler, DDPMSampler, HeunODE, Sampler  # noqa: E402
 from lightning_modules import DDPMModule  # noqa: E402
 from lightning_modules.contract import Sampling  # noqa: E402
 from metrics import ClassifierFeatures, reference_features  # noqa: E402
+from metrics.extractors import state_dict_sha256  # noqa: E402
 from metrics.provenance import sha256_of, software  # noqa: E402
 from metrics.speckle import speckle_stats  # noqa: E402
 
@@ -270,7 +271,10 @@ def main() -> None:
         write_result(str(out), {
             "what": "sample quality vs sampling settings: in-domain FID/KID, legibility, background speckle",
             "command": " ".join(sys.argv), "num_samples": n, "seed": args.seed,
-            "checkpoint": {"path": args.ckpt, "sha256": ckpt_sha, "provenance": model.provenance()},
+            # The file's hash changes with run metadata (the trainer's elapsed time); the weights' hash does not, so
+            # a retrained checkpoint is checked against an earlier one by weights_sha256 (the sampled, EMA weights).
+            "checkpoint": {"path": args.ckpt, "sha256": ckpt_sha, "weights_sha256": state_dict_sha256(model),
+                           "provenance": model.provenance()},
             "guide": {"path": args.guide, "sha256": sha256_of(args.guide),
                       "global_step": torch.load(args.guide, map_location="cpu", weights_only=True)["global_step"]}
                      if args.guide else None,

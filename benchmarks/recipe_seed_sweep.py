@@ -60,6 +60,7 @@ class Job:
     train_seconds: float | None = None
     score_seconds: float | None = None
     checkpoint_sha256: str | None = None
+    weights_sha256: str | None = None
     rows: dict[str, dict] = field(default_factory=dict)
     error: str | None = None
 
@@ -248,6 +249,7 @@ def main() -> None:
             job.score_seconds = run(cmd, run_dir / "score.log", env, left())
             result = json.loads(quality.read_text())
             job.checkpoint_sha256 = result["checkpoint"]["sha256"]
+            job.weights_sha256 = result["checkpoint"].get("weights_sha256")
             for row in result["rows"]:
                 if row["group"] != "floor":
                     job.rows[row["setting"]] = {"fid": row["classifier"]["fid"], "kid": row["classifier"]["kid"],

@@ -4,7 +4,7 @@ from diffusion.guidance import autoguidance, check_guidance_interval, classifier
 from diffusion.hooks import Inpaint, Trajectory
 from diffusion.loss_weighting import EDMWeighting, LossWeighting, MinSNR
 from diffusion.ncsn import LogSigmaVESDE, NCSNProcess
-from diffusion.noise_levels import LogNormalSigma, NoiseLevelDistribution
+from diffusion.noise_levels import LogNormalSigma, NoiseLevelDistribution, Stratified, Uniform
 from diffusion.processes import DiscreteVPProcess, NoiseProcess
 from diffusion.repaint import RePaint
 from diffusion.restoration import Colourise, TaskSampler, ddim_decode, ddim_invert, ddim_times, slerp
@@ -48,6 +48,8 @@ __all__ = [
     "EDMWeighting",
     "NoiseLevelDistribution",
     "LogNormalSigma",
+    "Stratified",
+    "Uniform",
     "Trajectory",
     "classifier_free_guidance",
     "autoguidance",

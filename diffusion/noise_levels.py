@@ -2,14 +2,17 @@
 
 Ho et al. draw t uniformly, which on DDPM's linear schedule spends half the batch at σ = √(1/SNR) > 3, where
 the network mostly predicts the data mean. EDM (Karras et al. 2022, Table 1) draws ln σ ~ N(P_mean, P_std²)
-instead, concentrating training on the middle noise levels that decide what samples look like. A distribution
-here maps that choice onto any process's own times, so the network, its time conditioning and every sampler stay
-as they are. Pure torch; ``DDPMModule(noise_levels=...)`` takes any subclass by ``class_path``.
+instead, concentrating training on the middle noise levels that decide what samples look like. VDM (Kingma et
+al. 2021, §4.2) keeps the law but stratifies a batch's draws over it, which lowers the variance of the loss
+estimate at no cost. A distribution here maps such a choice onto any process's own times, so the network, its
+time conditioning and every sampler stay as they are. Pure torch; ``DDPMModule(noise_levels=...)`` takes any
+subclass by ``class_path``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -67,3 +70,52 @@ class LogNormalSigma(NoiseLevelDistribution):
 
     def __repr__(self) -> str:
         return f"LogNormalSigma(p_mean={self.p_mean}, p_std={self.p_std})"
+
+
+class Uniform(NoiseLevelDistribution):
+    """Every time of the support equally likely: Ho et al.'s uniform t (Alg. 1), as a distribution to stratify."""
+
+    def probabilities(self, process: NoiseProcess) -> Tensor:
+        n = len(self.support(process))
+        return torch.full((n,), 1.0 / n)
+
+    def __repr__(self) -> str:
+        return "Uniform()"
+
+
+class Stratified(NoiseLevelDistribution):
+    """A base law's draws stratified over a batch: VDM's low-discrepancy sampler (Kingma et al. 2021).
+
+    The i-th of n draws takes the base's inverse CDF at u_i = (i + u)/n with one u ~ U[0, 1) per batch, so each
+    draw still follows the base law while the batch covers it evenly; the draws are then shuffled, so no batch
+    position is tied to a noise level. Only the variance of the batch's loss changes, not what it estimates.
+
+    Args:
+        base: the law to stratify; None is the uniform t of Ho et al.
+    """
+
+    def __init__(self, base: Optional[NoiseLevelDistribution] = None) -> None:
+        if isinstance(base, Stratified):
+            raise ValueError("Stratified.base is itself Stratified; give it the law to stratify, e.g. "
+                             "diffusion.LogNormalSigma, or None for uniform t.")
+        self.base = base if base is not None else Uniform()
+
+    def support(self, process: NoiseProcess) -> Tensor:
+        return self.base.support(process)
+
+    def probabilities(self, process: NoiseProcess) -> Tensor:
+        return self.base.probabilities(process)
+
+    def __call__(self, process: NoiseProcess, n: int, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> Tensor:
+        times = self.support(process)
+        cdf = self.probabilities(process).double().cumsum(0)
+        where = generator.device if generator is not None else "cpu"  # a CUDA generator draws on its own device
+        offset = torch.rand((), generator=generator, device=where, dtype=torch.float64).cpu()
+        order = torch.randperm(n, generator=generator, device=where).cpu()
+        u = (torch.arange(n, dtype=torch.float64) + offset) / n
+        index = torch.searchsorted(cdf / cdf[-1], u, right=True).clamp_(max=len(times) - 1)
+        return times[index[order]].to(device)
+
+    def __repr__(self) -> str:
+        return f"Stratified(base={self.base!r})"

@@ -12,6 +12,11 @@ from pathlib import Path
 import torch
 
 
+# Environment variables that select CPU kernels or their threading, and so the rounding of trained weights: set
+# ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 machine to reproduce an AVX2 machine's runs.
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS")
+
+
 def hardware() -> dict:
     info = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -23,6 +28,7 @@ def hardware() -> dict:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "numerics_env": {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ},
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -79,6 +79,26 @@ def test_benchmark_writes_its_result_and_rescores_saved_samples(tiny_mnist_model
         assert again[tag]["classifier"] == rows[tag]["classifier"] and again[tag]["legible"] == rows[tag]["legible"]
 
 
+def test_a_checkpoint_with_other_run_metadata_keeps_its_weights_hash(tiny_mnist_models, tmp_path, monkeypatch):
+    """A retrained checkpoint's file differs in run metadata (the trainer's elapsed time), so reproduction is checked
+    by the weights' hash: equal for the same weights under other metadata, different for other weights."""
+    config, ckpt, features = tiny_mnist_models
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved["genlab_test_metadata"] = "elapsed 12.3 s"
+    torch.save(saved, tmp_path / "same_weights.ckpt")
+    key = next(k for k, v in saved["state_dict"].items() if v.is_floating_point() and k.startswith("denoiser."))
+    saved["state_dict"][key] = saved["state_dict"][key] + 1e-3  # state_dict holds the EMA weights that sample
+    torch.save(saved, tmp_path / "other_weights.ckpt")
+    hashes = {}
+    for name, path in (("orig", ckpt), ("same", tmp_path / "same_weights.ckpt"), ("other", tmp_path / "other_weights.ckpt")):
+        run_benchmark(monkeypatch, "--config", str(config), "--ckpt", str(path), "--features", str(features),
+                      "--num-samples", "10", "--batch-size", "10", "--groups", "ancestral", "--only", "ddpm100-w0",
+                      "--out", f"{name}.json")
+        hashes[name] = json.loads((tmp_path / f"{name}.json").read_text())["checkpoint"]
+    assert hashes["orig"]["sha256"] != hashes["same"]["sha256"]
+    assert hashes["orig"]["weights_sha256"] == hashes["same"]["weights_sha256"] != hashes["other"]["weights_sha256"]
+
+
 def test_an_unknown_row_tag_is_refused_before_sampling(tiny_mnist_models, tmp_path, monkeypatch):
     config, ckpt, features = tiny_mnist_models
     with pytest.raises(SystemExit, match="ddpm100-w7.*ddpm100-w1"):

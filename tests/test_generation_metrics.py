@@ -292,17 +292,20 @@ def test_speckle_counts_isolated_pixels_and_background_haze_exactly():
 
 
 def test_hardware_records_the_simd_path_that_decides_cpu_numerics():
-    """Weights trained under ATen's AVX2 and default kernels differ bit for bit, so a result says which ran."""
+    """Weights trained under ATen's AVX2 and default kernels differ bit for bit, so a result says which ran, and
+    which kernel caps the environment set."""
     import subprocess
     import sys
 
     from conftest import ROOT
 
-    code = "from metrics.provenance import hardware; print(hardware()['cpu_capability'])"
+    code = ("from metrics.provenance import hardware; h = hardware(); "
+            "print(h['cpu_capability'], h['numerics_env'].get('ONEDNN_MAX_CPU_ISA'), h['numerics_env'].get('DNNL_MAX_CPU_ISA'))")
+    env = {k: v for k, v in os.environ.items() if k != "DNNL_MAX_CPU_ISA"}
     forced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                            env={**os.environ, "ATEN_CPU_CAPABILITY": "default"})
+                            env={**env, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert forced.returncode == 0, forced.stderr
-    assert forced.stdout.split()[0] == "DEFAULT"
+    assert forced.stdout.split() == ["DEFAULT", "AVX2", "None"], "the oneDNN cap is recorded only when it is set"
     from metrics.provenance import hardware
 
     assert hardware()["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
