@@ -3,7 +3,7 @@
 Ho et al. draw t uniformly, which on DDPM's linear schedule spends half the batch at σ = √(1/SNR) > 3, where
 the network mostly predicts the data mean. EDM (Karras et al. 2022, Table 1) draws ln σ ~ N(P_mean, P_std²)
 instead, concentrating training on the middle noise levels that decide what samples look like. VDM (Kingma et
-al. 2021, §4.2) keeps the law but stratifies a batch's draws over it, which lowers the variance of the loss
+al. 2021) keeps the law but stratifies a batch's draws over it, which lowers the variance of the loss
 estimate at no cost. A distribution here maps such a choice onto any process's own times, so the network, its
 time conditioning and every sampler stay as they are. Pure torch; ``DDPMModule(noise_levels=...)`` takes any
 subclass by ``class_path``.
