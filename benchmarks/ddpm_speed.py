@@ -54,14 +54,15 @@ def make_net(preset: str | dict, device: str) -> UNet:
     return UNet(**(PRESETS[preset] if isinstance(preset, str) else preset)).to(device)
 
 
-def bare_loop(preset, data, steps, warmup, device, ema: bool = False) -> float:
+def bare_loop(preset, data, steps, warmup, device, ema: bool = False, optimizer: type = torch.optim.Adam) -> float:
     """images/s of a hand-written loop doing DDPMModule's training step; ``ema`` adds the CPU recipes' per-step
-    EMA update (callbacks.EMA's warm-up average), a cost per step rather than per image."""
+    EMA update (callbacks.EMA's warm-up average), a cost per step rather than per image; ``optimizer`` is the
+    class that steps (built with lr only)."""
     net = make_net(preset, device)
     average = AveragedModel(net, avg_fn=WarmupEMAFn(0.999, 2 / 3)) if ema else None
     module = DDPMModule(net, num_timesteps=1000)  # only for its schedule and loss maths
     module.to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    opt = optimizer(net.parameters(), lr=1e-4)
     x_all, y_all = data
     b = x_all.shape[0] // (steps + warmup)
     stamps = []

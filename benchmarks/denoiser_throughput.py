@@ -2,9 +2,9 @@
 
 The issue's capacity rule is "images/s on 2 cores within 10 % of today's". Each variant overrides some of the
 U-Net arguments of `sweeps/blocks/model_ddpm_cpu.yaml`; all variants run the same bare training step
-(`ddpm_speed.bare_loop`: t, ε, noising, forward, MSE, backward, clip, Adam; with `--ema` also the recipe's EMA
-update) on the same in-memory data, interleaved round by round so the machine's noise hits them alike. The
-ratio to the baseline is taken per round and its median reported.
+(`ddpm_speed.bare_loop`: t, ε, noising, forward, MSE, backward, clip, Adam or an `--optimizer-variant`'s class;
+with `--ema` also the recipe's EMA update) on the same in-memory data, interleaved round by round so the
+machine's noise hits them alike. The ratio to the baseline is taken per round and its median reported.
 
     python benchmarks/denoiser_throughput.py --variant full_res_24 '{"channels": [24, 32, 64]}' \\
         --variant two_layers '{"num_layers": 2}' --out docs/benchmarks/denoiser_throughput_cpu.json
@@ -15,6 +15,7 @@ ratio to the baseline is taken per round and its median reported.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import sys
@@ -36,6 +37,8 @@ def main() -> None:
     p.add_argument("--batch-variant", nargs=2, action="append", default=[], metavar=("NAME", "BATCH"),
                    help="a candidate: the recipe's U-Net trained at another batch size (same images per budget "
                         "means more, smaller steps)")
+    p.add_argument("--optimizer-variant", nargs=2, action="append", default=[], metavar=("NAME", "CLASS"),
+                   help="a candidate: the recipe's U-Net stepped by another optimizer class, e.g. networks.MuonAdamW")
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=30, help="timed training steps per round and variant")
@@ -46,8 +49,8 @@ def main() -> None:
                    help="add the recipe's EMA update to every step: a per-step cost that matters when batch sizes differ")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    if not args.variant and not args.batch_variant:
-        p.error("name at least one --variant or --batch-variant to compare with the baseline")
+    if not args.variant and not args.batch_variant and not args.optimizer_variant:
+        p.error("name at least one --variant, --batch-variant or --optimizer-variant to compare with the baseline")
     torch.set_num_threads(args.threads)
 
     base = recipe_unet_args()
@@ -63,6 +66,14 @@ def main() -> None:
         if not batch.isdigit() or int(batch) < 1:
             p.error(f"--batch-variant {name}: the batch size must be a positive integer, got {batch!r}")
         variants[name], batches[name] = base, int(batch)
+    optimizers = dict.fromkeys(variants, torch.optim.Adam)
+    for name, dotted in args.optimizer_variant:
+        module_name, _, cls_name = dotted.rpartition(".")
+        try:
+            optimizers[name] = getattr(importlib.import_module(module_name), cls_name)
+        except (ImportError, AttributeError, ValueError) as err:
+            p.error(f"--optimizer-variant {name}: cannot import {dotted!r} ({err}); give a dotted class path")
+        variants[name], batches[name] = base, args.batch_size
     for name, kwargs in variants.items():
         try:
             make_net(kwargs, "cpu")  # a bad argument fails here, before any timing
@@ -76,7 +87,8 @@ def main() -> None:
 
     def timed(name: str) -> float:
         m = batches[name] * (args.steps + args.warmup)  # bare_loop's batch is the data's size over the step count
-        return bare_loop(variants[name], (data[0][:m], data[1][:m]), args.steps, args.warmup, "cpu", ema=args.ema)
+        return bare_loop(variants[name], (data[0][:m], data[1][:m]), args.steps, args.warmup, "cpu", ema=args.ema,
+                         optimizer=optimizers[name])
 
     rounds = []
     for _ in range(args.rounds):
@@ -93,6 +105,7 @@ def main() -> None:
             name: {
                 "unet": kwargs,
                 "batch_size": batches[name],
+                "optimizer": f"{optimizers[name].__module__}.{optimizers[name].__name__}",
                 "parameters": count_parameters(make_net(kwargs, "cpu")),
                 "images_per_s_median": statistics.median(r[name] for r in rounds),
                 "ratio_to_baseline_median": statistics.median(r[name] / r["baseline"] for r in rounds),

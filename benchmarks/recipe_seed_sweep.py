@@ -10,6 +10,10 @@ stopped at ``--deadline-s`` keeps what finished; jobs not started by then are li
 repository root, like ``cli.py``: job ``(variant, seed)`` writes ``runs/sweep_<variant>_s<seed>/`` (checkpoints,
 CSV logs, ``train.log``, ``score.log``, ``quality.json``) and fails rather than overwrite a folder that has files.
 
+The budget a sweep compares is the recipe's ``trainer.max_steps``, so each job runs with ``--trainer.max_time null``
+(jobs that share the cores run slower than one alone, and the recipes' wall-clock cap would stop them early; a
+variant may set its own). A job whose checkpoint holds fewer steps than its ``max_steps`` fails unscored.
+
     python benchmarks/recipe_seed_sweep.py --config sweeps/ddpm_fashion_mnist_cpu.yaml \\
         --features runs/features_fashion_mnist/checkpoints/last.ckpt --seeds 2025,2026 \\
         --variant recipe "" --variant adagn "--model.init_args.denoiser.init_args.scale_shift true" \\
@@ -39,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +64,7 @@ class Job:
     status: str = "pending"
     train_seconds: float | None = None
     score_seconds: float | None = None
+    train_steps: int | None = None
     checkpoint_sha256: str | None = None
     weights_sha256: str | None = None
     rows: dict[str, dict] = field(default_factory=dict)
@@ -93,6 +99,23 @@ def run(cmd: list[str], log: Path, env: dict, timeout: float) -> float:
         tail = log.read_text().strip().splitlines()[-15:]
         raise RuntimeError(f"{' '.join(cmd[:3])} exited {proc.returncode}:\n" + "\n".join(tail))
     return time.perf_counter() - start
+
+
+def check_budget(run_dir: Path) -> int:
+    """The optimizer steps in ``run_dir``'s last checkpoint; raises when they fall short of the ``trainer.max_steps``
+    the run was configured with (the config LightningCLI saved beside its logs), so a cut-short run is not scored."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise RuntimeError(f"training wrote no {ckpt}: the config's checkpoint callback must write "
+                           "<trainer.default_root_dir>/checkpoints/last.ckpt (callbacks.LastCheckpoint does)")
+    steps = int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+    saved = sorted(run_dir.glob("lightning_logs/version_*/config.yaml"))
+    budget = (yaml.safe_load(saved[-1].read_text()).get("trainer") or {}).get("max_steps", -1) if saved else -1
+    if budget is not None and budget > 0 and steps < budget:
+        raise RuntimeError(f"trained {steps:,} of its {budget:,} steps (train.log says why), so it is not scored: a "
+                           f"variant's own --trainer.max_time, or an early stop, cut it short. Move {run_dir} away "
+                           f"and run the job again.")
+    return steps
 
 
 def guidance_of(config: str, overrides: list[str]) -> float:
@@ -232,12 +255,10 @@ def main() -> None:
                                      "--trainer.default_root_dir", str(run_dir),
                                      "--trainer.accelerator", args.accelerator, "--trainer.enable_progress_bar", "false",
                                      "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-                                     "--trainer.logger.save_dir", str(run_dir), *job.overrides],
+                                     "--trainer.logger.save_dir", str(run_dir), "--trainer.max_time", "null",
+                                     *job.overrides],
                                     run_dir / "train.log", env, left())
-            ckpt = run_dir / "checkpoints" / "last.ckpt"
-            if not ckpt.is_file():
-                raise RuntimeError(f"training wrote no {ckpt}: the config's checkpoint callback must write "
-                                   "<trainer.default_root_dir>/checkpoints/last.ckpt (callbacks.LastCheckpoint does)")
+            job.train_steps = check_budget(run_dir)
             job.status = "scoring"
             job_cache = run_dir / "feature_cache"  # one per job: parallel scorers never write the same cache file
             if cache.is_dir():

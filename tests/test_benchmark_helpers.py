@@ -70,6 +70,7 @@ def test_the_throughput_baseline_is_the_recipes_unet_and_its_training_step_runs(
     noise process was renamed)."""
     from benchmarks.ddpm_speed import bare_loop, make_net, recipe_unet_args
     from cli import cli_main
+    from networks import MuonAdamW
 
     cli = cli_main(["--config", str(SWEEPS / "ddpm_mnist_cpu.yaml"), "--trainer.logger", "false"], run=False)
     recipe = cli.model.denoiser
@@ -81,3 +82,13 @@ def test_the_throughput_baseline_is_the_recipes_unet_and_its_training_step_runs(
     for ema in (False, True):  # with the recipe's EMA update too
         images_per_s = bare_loop(tiny, data, steps=2, warmup=2, device="cpu", ema=ema)
         assert images_per_s > 0 and images_per_s == images_per_s
+
+    class CountingMuon(MuonAdamW):  # an --optimizer-variant's class steps every iteration
+        steps = 0
+
+        def step(self, closure=None):
+            CountingMuon.steps += 1
+            return super().step(closure)
+
+    bare_loop(tiny, data, steps=2, warmup=2, device="cpu", optimizer=CountingMuon)
+    assert CountingMuon.steps == 4

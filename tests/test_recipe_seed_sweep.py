@@ -10,12 +10,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT, TINY, run_cli
 from test_cpu_recipe_quality import TINY_FEATURES, on_mnist
 from test_datamodules import make_fake_mnist
 
-from benchmarks.recipe_seed_sweep import Job, guidance_of, parse_variants, score_command, summarise, unknown_rows
+from benchmarks.recipe_seed_sweep import (Job, check_budget, guidance_of, parse_variants, score_command, summarise,
+                                          unknown_rows)
 
 SWEEP = ROOT / "benchmarks" / "recipe_seed_sweep.py"
 
@@ -62,6 +64,24 @@ def test_autoguided_rows_are_scored_with_the_jobs_own_guide(tmp_path):
     assert cmd[cmd.index("--judge") + 1] == "j.ckpt" and cmd[cmd.index("--extra-reference") + 1] == "npm"
 
 
+def test_a_run_cut_short_of_its_step_budget_is_refused(tmp_path):
+    run_dir = tmp_path / "sweep_a_s1"
+    with pytest.raises(RuntimeError, match="wrote no .*last.ckpt"):
+        check_budget(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 1626}, run_dir / "checkpoints" / "last.ckpt")
+    assert check_budget(run_dir) == 1626  # no saved config: no budget to hold it to
+    saved = run_dir / "lightning_logs" / "version_0"
+    saved.mkdir(parents=True)
+    (saved / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": 1800, "max_time": None}}))
+    with pytest.raises(RuntimeError, match="trained 1,626 of its 1,800 steps.*not scored"):
+        check_budget(run_dir)
+    torch.save({"global_step": 1800}, run_dir / "checkpoints" / "last.ckpt")
+    assert check_budget(run_dir) == 1800
+    (saved / "config.yaml").write_text(yaml.safe_dump({"trainer": {"max_steps": -1, "max_epochs": 3}}))
+    assert check_budget(run_dir) == 1800  # an epoch budget is not checked
+
+
 def test_rows_the_groups_lack_are_refused_before_any_training(tmp_path, monkeypatch):
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump({"sampling": {"guidance_scale": 0.75}}))
@@ -95,13 +115,16 @@ def test_a_two_variant_sweep_trains_scores_and_keeps_earlier_runs(tmp_path, monk
     config.write_text(yaml.safe_dump(tiny))
     features = tmp_path / "features" / "checkpoints" / "last.ckpt"
     cmd = [sys.executable, str(SWEEP), "--config", str(config), "--features", str(features), "--seeds", "3",
-           "--variant", "base", "", "--variant", "drop", "--model.init_args.p_uncond 0.5", "--num-samples", "10",
+           "--variant", "base", "", "--variant", "drop", "--model.init_args.p_uncond 0.5",
+           "--variant", "short", "--trainer.max_steps 100000 --trainer.max_time 00:00:00:01", "--num-samples", "10",
            "--rows", "ddpm100-w0", "--out", "sweep.json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "sweep.json").read_text())
     jobs = {j["variant"]: j for j in result["jobs"]}
-    assert [j["status"] for j in result["jobs"]] == ["done", "done"], [j["error"] for j in result["jobs"]]
+    assert [j["status"] for j in result["jobs"]] == ["done", "done", "failed"], [j["error"] for j in result["jobs"]]
+    assert "of its 100,000 steps" in jobs["short"]["error"] and "short" not in result["summary"]  # cut short: unscored
+    assert jobs["base"]["train_steps"] == jobs["drop"]["train_steps"] > 0
     assert jobs["base"]["checkpoint_sha256"] != jobs["drop"]["checkpoint_sha256"]  # the override changed training
     for variant in ("base", "drop"):
         row = result["summary"][variant]["ddpm100-w0"]
@@ -117,5 +140,5 @@ def test_a_two_variant_sweep_trains_scores_and_keeps_earlier_runs(tmp_path, monk
     assert ckpt.stat().st_mtime_ns == before
 
     late = subprocess.run(cmd[:-1] + ["late.json", "--deadline-s", "0"], capture_output=True, text=True, timeout=120)
-    assert [j["status"] for j in json.loads((tmp_path / "late.json").read_text())["jobs"]] == ["skipped: deadline"] * 2
+    assert [j["status"] for j in json.loads((tmp_path / "late.json").read_text())["jobs"]] == ["skipped: deadline"] * 3
     assert late.returncode == 0
