@@ -15,7 +15,6 @@ machine's noise hits them alike. The ratio to the baseline is taken per round an
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 import sys
@@ -27,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import hardware, write_result  # noqa: E402
 from benchmarks.ddpm_speed import CPU_MODEL_BLOCK, bare_loop, make_net, recipe_unet_args  # noqa: E402
+from cli import import_object  # noqa: E402
 from networks.unet import count_parameters  # noqa: E402
 
 
@@ -68,9 +68,8 @@ def main() -> None:
         variants[name], batches[name] = base, int(batch)
     optimizers = dict.fromkeys(variants, torch.optim.Adam)
     for name, dotted in args.optimizer_variant:
-        module_name, _, cls_name = dotted.rpartition(".")
         try:
-            optimizers[name] = getattr(importlib.import_module(module_name), cls_name)
+            optimizers[name] = import_object(dotted)
         except (ImportError, AttributeError, ValueError) as err:
             p.error(f"--optimizer-variant {name}: cannot import {dotted!r} ({err}); give a dotted class path")
         variants[name], batches[name] = base, args.batch_size
