@@ -111,6 +111,12 @@ class GenLabCLI(LightningCLI):
                             help="Names the run: outputs (checkpoints, W&B files, samples) go to runs/<run_name> unless "
                                  "trainer.default_root_dir is set. Default: the name of the first --config file.")
 
+    def parse_arguments(self, parser: Any, args: ArgsType) -> None:
+        argv = sys.argv[1:] if args is None else args
+        named = command_line_configs(argv) if isinstance(argv, list) else []
+        self.recipe = named[0] if named else None  # names the run folder: not an overlay that a config loads
+        super().parse_arguments(parser, args)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Top-level callbacks (generation_metrics) are optional: drop the ones a config leaves out.
         extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
@@ -146,9 +152,9 @@ class GenLabCLI(LightningCLI):
         if self.subcommand != "fit" or str(trainer_config.get("accelerator", "auto")) not in ("auto", "gpu", "cuda") \
                 or torch.cuda.is_available():
             return None
-        configs = [str(c) for c in (self.config[self.subcommand].get("config") or [])]
-        cpu = Path(configs[0]).with_name(Path(configs[0]).stem + "_cpu.yaml") if configs else None
-        return CPUNotice(configs[0] if configs else "this config", str(cpu) if cpu and cpu.is_file() else None)
+        recipe = self.recipe or first_config(self.config[self.subcommand])
+        cpu = Path(recipe).with_name(Path(recipe).stem + "_cpu.yaml") if recipe else None
+        return CPUNotice(recipe or "this config", str(cpu) if cpu and cpu.is_file() else None)
 
     def _parse_ckpt_path(self) -> None:
         """Replaced: Lightning would let the checkpoint's model arguments silently win over the command line.
@@ -162,8 +168,9 @@ class GenLabCLI(LightningCLI):
         link_guidance(config)
         if self.subcommand == "predict" and isinstance(config.get("trainer"), Namespace):
             config.trainer.logger = False  # predict trains nothing: samples go to files, not to a new W&B run
-        check_resume_arguments(config)
-        derive_run_dirs(config, fresh_fit=self.subcommand == "fit" and not config.get("ckpt_path"))
+        check_resume_arguments(config, fit=self.subcommand == "fit")
+        derive_run_dirs(config, fresh_fit=self.subcommand == "fit" and not config.get("ckpt_path"),
+                        recipe=self.recipe or first_config(config))
 
     def before_test(self) -> None:
         self._apply_sampling()
@@ -333,11 +340,11 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def check_resume_arguments(config: Namespace) -> None:
+def check_resume_arguments(config: Namespace, fit: bool = False) -> None:
     """The rule on ``--ckpt_path``: the model class and architecture come from the checkpoint, and a config or
     command line that contradicts them is an error naming both values; the arguments the module lists in
     ``resume_safe_args`` (optimizer, learning rate, schedule...) follow the command line, and each change is
-    printed."""
+    printed. A ``fit`` resume also keeps the optimizer's class: its saved state fits no other."""
     ckpt_path, model = config.get("ckpt_path"), config.get("model")
     if not ckpt_path or not isinstance(model, Namespace) or not Path(str(ckpt_path)).is_file():
         return
@@ -356,6 +363,11 @@ def check_resume_arguments(config: Namespace) -> None:
     cls = import_object(model.class_path)
     safe = getattr(cls, "resume_safe_args", ())
     wanted, saved = _flatten(model.get("init_args")), _flatten(hparams)
+    trained_by, now_by = saved.get("optimizer.class_path"), wanted.get("optimizer.class_path")
+    if fit and trained_by and now_by and trained_by != now_by:
+        raise SystemExit(f"error: --ckpt_path {ckpt_path} was trained by {trained_by}, and its optimizer state cannot "
+                         f"resume {now_by} (this config's model.init_args.optimizer). Resume with "
+                         f"--model.init_args.optimizer {trained_by}, or start a new run without --ckpt_path.")
     changes, conflicts = [], []
     for key, value in wanted.items():
         if key not in saved or _same(value, saved[key]):
@@ -375,16 +387,36 @@ def _holds_a_run(root: Path) -> bool:
     return (root / "config.yaml").is_file() or any((root / "checkpoints").glob("*.ckpt"))
 
 
-def derive_run_dirs(config: Namespace, fresh_fit: bool = False) -> None:
+def command_line_configs(argv: Sequence[Any]) -> list[str]:
+    """The ``--config``/``-c`` files named on the command line, in order.
+
+    The parsed ``config`` list cannot say which file the user named: a config file may load an overlay with its own
+    ``config:`` key (``sweeps/blocks/optimizer_muon.yaml``), and jsonargparse lists that overlay before its parent."""
+    found, args = [], [str(a) for a in argv]
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def first_config(config: Namespace) -> str | None:
+    """The first parsed config file, for a CLI built from a dict or Namespace rather than a command line."""
+    configs = config.get("config") or []
+    return str(configs[0]) if configs else None
+
+
+def derive_run_dirs(config: Namespace, fresh_fit: bool = False, recipe: str | None = None) -> None:
     """One run name → default_root_dir, the W&B run's name, group and files, and the checkpoint folder.
 
-    A new ``fit`` (no --ckpt_path) whose derived folder already holds a run gets the next free
-    ``runs/<name>-2``, ``-3``..., so it never mixes its files with the earlier run's."""
+    The name is ``--run_name``, else the stem of ``recipe`` (the first config named on the command line). A new
+    ``fit`` (no --ckpt_path) whose derived folder already holds a run gets the next free ``runs/<name>-2``,
+    ``-3``..., so it never mixes its files with the earlier run's."""
     trainer = config.get("trainer")
     if not isinstance(trainer, Namespace):
         return
-    configs = config.get("config") or []
-    name = config.get("run_name") or (Path(str(configs[0])).stem if configs else "genlab")
+    name = config.get("run_name") or (Path(recipe).stem if recipe else "genlab")
     root = trainer.get("default_root_dir")
     if not root:
         root, base = str(Path("runs") / name), name

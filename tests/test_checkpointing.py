@@ -239,6 +239,19 @@ def test_resume_refuses_a_checkpoint_of_another_model_class(tmp_path):
     assert not Path("run/checkpoints/last-v1.ckpt").exists()
 
 
+def test_a_fit_resume_refuses_another_optimizer_class_and_predict_accepts_it():
+    """An AdamW-era checkpoint resumed by a config that now trains by MuonAdamW (the Fashion-MNIST CPU recipe since
+    2026-12-05) would fail inside torch with "a different number of parameter groups"; it is one clear error instead,
+    naming the class to resume with. Sampling a checkpoint needs no optimizer state, so predict goes on."""
+    ckpt = _one_step_checkpoint()
+    with pytest.raises(SystemExit, match="was trained by torch.optim.Adam, and its optimizer state cannot resume "
+                                         "networks.MuonAdamW.*--model.init_args.optimizer torch.optim.Adam"):
+        cli_main(["fit", "--config", str(TINY), "--ckpt_path", ckpt, "--trainer.max_steps", "2",
+                  "--model.init_args.optimizer", "networks.MuonAdamW"])
+    cli = cli_main(["predict", "--config", str(TINY), "--ckpt_path", ckpt, "--model.init_args.optimizer", "networks.MuonAdamW"])
+    assert cli.trainer.state.finished
+
+
 class _Payload:
     """Unpickling this runs code: it would create the marker file."""
 

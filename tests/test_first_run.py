@@ -74,6 +74,23 @@ def test_a_second_fit_gets_its_own_run_folder(tmp_path):
     assert resumed.trainer.default_root_dir.endswith("runs/twice")  # a resume continues in its own folder
 
 
+def test_a_config_that_loads_an_overlay_keeps_its_own_run_name_and_takes_the_overlay(tmp_path):
+    """A config may amend its model block with ``config: overlay.yaml`` (as the Fashion-MNIST CPU recipe does);
+    jsonargparse lists the overlay first, but the run is still named after the file on the command line."""
+    from cli import command_line_configs
+
+    config = _config_without_run_dirs(tmp_path, "outer", limit_val_batches=0)
+    (tmp_path / "overlay.yaml").write_text("model:\n  init_args:\n    optimizer:\n      init_args:\n        lr: 0.003\n")
+    with open(config, "a") as f:
+        f.write("config: overlay.yaml\n")
+    cli = run_cli("fit", "--config", config, "--trainer.max_steps", "1")
+    assert cli.trainer.default_root_dir.endswith("runs/outer")
+    assert cli.config.fit.model.init_args.optimizer.init_args.lr == 0.003
+    assert [Path(str(c)).name for c in cli.config.fit.config] == ["overlay.yaml", "outer.yaml"]
+    assert command_line_configs(["fit", "-c", "a.yaml", "--config=b.yaml", "--x", "1", "--config", "c.yaml"]) == \
+        ["a.yaml", "b.yaml", "c.yaml"]
+
+
 def test_training_without_a_logger_leaves_the_learning_rate_monitor_out(caplog):
     caplog.set_level("INFO")
     cli = run_cli("fit", "--config", str(TINY), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",

@@ -8,7 +8,8 @@ import math
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+import yaml
+from conftest import SWEEPS, TINY, run_cli
 
 from networks import MuonAdamW, UNet
 from networks.optim import NS_COEFFICIENTS, newton_schulz
@@ -149,3 +150,18 @@ def test_muon_trains_the_ddpm_recipe_from_the_command_line():
     muon_ids = state["param_groups"][0]["params"]
     assert state["param_groups"][0]["use_muon"] and all("momentum_buffer" in state["state"][i] for i in muon_ids)
     assert all("exp_avg_sq" in state["state"][i] for i in state["param_groups"][1]["params"])
+
+
+def test_the_fashion_recipe_trains_by_muon_with_its_model_blocks_settings_and_mnist_keeps_adamw():
+    """``sweeps/ddpm_fashion_mnist_cpu.yaml`` amends the shared model block by ``blocks/optimizer_muon.yaml``: the
+    optimizer class changes, the block's lr and weight decay stay, and the MNIST recipe is untouched."""
+    from cli import cli_main
+
+    fashion = cli_main(["--config", str(SWEEPS / "ddpm_fashion_mnist_cpu.yaml")], run=False)
+    mnist = cli_main(["--config", str(SWEEPS / "ddpm_mnist_cpu.yaml")], run=False)
+    block = yaml.safe_load((SWEEPS / "blocks" / "model_ddpm_cpu.yaml").read_text())["init_args"]["optimizer"]
+    muon, adamw = fashion.config.model.init_args.optimizer, mnist.config.model.init_args.optimizer
+    assert muon.class_path == "networks.MuonAdamW" and adamw.class_path == block["class_path"] == "torch.optim.AdamW"
+    for key, value in block["init_args"].items():
+        assert muon.init_args[key] == adamw.init_args[key] == value
+    assert fashion.trainer.default_root_dir == "runs/ddpm_fashion_mnist_cpu"
