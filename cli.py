@@ -112,10 +112,14 @@ class GenLabCLI(LightningCLI):
                                  "trainer.default_root_dir is set. Default: the name of the first --config file.")
 
     def parse_arguments(self, parser: Any, args: ArgsType) -> None:
+        """Also sets ``self.recipe``, the config file the run is named after: the first one on the command line, not
+        an overlay it loads; for a CLI built from a dict, the first parsed one."""
+        super().parse_arguments(parser, args)
         argv = sys.argv[1:] if args is None else args
         named = command_line_configs(argv) if isinstance(argv, list) else []
-        self.recipe = named[0] if named else None  # names the run folder: not an overlay that a config loads
-        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        parsed = (self.config[subcommand] if subcommand else self.config).get("config") or []
+        self.recipe = named[0] if named else str(parsed[0]) if parsed else None
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Top-level callbacks (generation_metrics) are optional: drop the ones a config leaves out.
@@ -152,9 +156,8 @@ class GenLabCLI(LightningCLI):
         if self.subcommand != "fit" or str(trainer_config.get("accelerator", "auto")) not in ("auto", "gpu", "cuda") \
                 or torch.cuda.is_available():
             return None
-        recipe = self.recipe or first_config(self.config[self.subcommand])
-        cpu = Path(recipe).with_name(Path(recipe).stem + "_cpu.yaml") if recipe else None
-        return CPUNotice(recipe or "this config", str(cpu) if cpu and cpu.is_file() else None)
+        cpu = Path(self.recipe).with_name(Path(self.recipe).stem + "_cpu.yaml") if self.recipe else None
+        return CPUNotice(self.recipe or "this config", str(cpu) if cpu and cpu.is_file() else None)
 
     def _parse_ckpt_path(self) -> None:
         """Replaced: Lightning would let the checkpoint's model arguments silently win over the command line.
@@ -170,7 +173,7 @@ class GenLabCLI(LightningCLI):
             config.trainer.logger = False  # predict trains nothing: samples go to files, not to a new W&B run
         check_resume_arguments(config, fit=self.subcommand == "fit")
         derive_run_dirs(config, fresh_fit=self.subcommand == "fit" and not config.get("ckpt_path"),
-                        recipe=self.recipe or first_config(config))
+                        recipe=self.recipe)
 
     def before_test(self) -> None:
         self._apply_sampling()
@@ -399,12 +402,6 @@ def command_line_configs(argv: Sequence[Any]) -> list[str]:
         elif arg.startswith("--config="):
             found.append(arg.split("=", 1)[1])
     return found
-
-
-def first_config(config: Namespace) -> str | None:
-    """The first parsed config file, for a CLI built from a dict or Namespace rather than a command line."""
-    configs = config.get("config") or []
-    return str(configs[0]) if configs else None
 
 
 def derive_run_dirs(config: Namespace, fresh_fit: bool = False, recipe: str | None = None) -> None:
